@@ -1,0 +1,1 @@
+"""Data: RedSM5 loading, the embedded synthetic set, and encoding into tensors."""
