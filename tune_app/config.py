@@ -1,0 +1,326 @@
+"""Typed run configuration: compose Hydra YAML from ``configs/``, then validate.
+
+This module alone decides what a valid run is. Everything is checked here, before
+Ray starts, and every problem is reported as one ``ConfigError`` naming the key,
+the value and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+#: The repository's Hydra config tree (``configs/`` beside the package).
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+#: Metrics every trial reports on the validation split; all are "higher is better".
+OPTIMISABLE_METRICS: tuple[str, ...] = (
+    "val_macro_f1",
+    "val_micro_f1",
+    "val_accuracy",
+    "val_evidence_f1",
+    "val_joint_score",
+)
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the key and the allowed values."""
+
+
+@dataclass
+class ModelConfig:
+    """Encoder from the catalog plus the two heads."""
+
+    name: str = "tiny"
+    revision: str | None = None
+    criteria_head: str = "linear"
+    evidence_head: str = "start_end_linear"
+    pooling: str = "cls"
+    head_hidden: int = 128
+    dropout: float = 0.1
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Where the posts come from, how they are split and encoded."""
+
+    name: str = "synthetic"
+    source: str = "synthetic"  # synthetic | local | hub
+    hub_id: str = "irlab-udc/redsm5"
+    revision: str | None = None
+    path: str | None = None
+    num_posts: int = 400
+    synthetic_seed: int = 13
+    split_ratios: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    split_seed: int = 42
+    input_format: str = "multi_label"  # multi_label | binary_pairs
+    include_no_symptoms: bool = True
+    special_case_policy: str = "drop"  # drop | negative | error
+    max_length: int = 128
+    long_text: str = "truncate"  # truncate | sliding_window
+    stride: int = 32
+
+
+@dataclass
+class RetentionConfig:
+    """What checkpoints to keep (see ``tune_app.checkpoints.retention``)."""
+
+    name: str = "default"
+    keep_last_n: int = 1
+    keep_best_k: int = 1
+    keep_best_k_max: int = 2
+    max_total_size_gb: float = 10.0
+    monitor_interval_s: float = 60.0
+    warn_free_fraction: float = 0.10
+    error_free_fraction: float = 0.05
+
+
+@dataclass
+class TuneSection:
+    """The study: how many trials, how long, what to optimise, where results go."""
+
+    num_samples: int = 4
+    max_epochs: int = 4
+    metric: str = "val_macro_f1"
+    mode: str = "max"
+    storage_path: str = "experiments"
+    name: str = "redsm5_study"
+    sampler_seed: int = 0
+    n_startup_trials: int = 2
+    reuse_actors: bool = False
+    verbose: int = 1
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = -1.0  # -1: one GPU when CUDA is available, else 0
+    include_dashboard: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Defaults for training knobs; a search space may override any of them."""
+
+    batch_size: int = 8
+    lr: float = 5e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    evidence_weight: float = 0.5
+    criteria_loss: str = "weighted_bce"
+    label_smoothing: float = 0.0
+    max_grad_norm: float = 1.0
+    num_workers: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    deterministic: bool = True
+    threshold: float = 0.5
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow: empty ``tracking_uri`` means ``sqlite:///<storage_path>/mlflow.db``."""
+
+    tracking_uri: str | None = None
+    experiment_name: str | None = None
+
+
+@dataclass
+class AppConfig:
+    """The whole resolved configuration of one study."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    tune: TuneSection = field(default_factory=TuneSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    searchspace: str = "small"
+    seed: int = 0
+    resume: str | None = None
+
+    # -- derived paths -------------------------------------------------------------
+    @property
+    def storage_dir(self) -> Path:
+        return Path(self.tune.storage_path).expanduser().resolve()
+
+    @property
+    def study_dir(self) -> Path:
+        return self.storage_dir / self.tune.name
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.tracking_uri or f"sqlite:///{self.storage_dir / 'mlflow.db'}"
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment_name or self.tune.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return OmegaConf.to_yaml(OmegaConf.create(self.to_dict()))
+
+
+def group_options(group: str, config_dir: Path = CONFIG_DIR) -> list[str]:
+    """Names of the YAML options of a Hydra config group (e.g. ``model`` -> tiny, minilm...)."""
+    return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+
+
+def _from_mapping(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(f'{prefix}{k}' for k in unknown)}; "
+            f"allowed keys: {', '.join(prefix + k for k in fields)}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        sub = fields[name].type
+        sub_cls = _NESTED.get(sub) if isinstance(sub, str) else None
+        kwargs[name] = _from_mapping(sub_cls, value, f"{prefix}{name}.") if sub_cls else value
+    return cls(**kwargs)
+
+
+_NESTED: dict[str, type] = {
+    "ModelConfig": ModelConfig,
+    "DataConfig": DataConfig,
+    "RetentionConfig": RetentionConfig,
+    "TuneSection": TuneSection,
+    "TrainConfig": TrainConfig,
+    "TrackingConfig": TrackingConfig,
+}
+
+
+def from_dict(data: dict[str, Any]) -> AppConfig:
+    """Typed config from a plain dict (e.g. a saved ``study_config.yaml``), validated."""
+    cfg = _from_mapping(AppConfig, dict(data), "")
+    validate(cfg)
+    return cfg
+
+
+def from_omegaconf(conf: DictConfig) -> AppConfig:
+    container = OmegaConf.to_container(conf, resolve=True)
+    assert isinstance(container, dict)
+    return from_dict({str(k): v for k, v in container.items()})
+
+
+def compose(overrides: list[str], config_dir: Path = CONFIG_DIR) -> AppConfig:
+    """Compose ``configs/config.yaml`` with Hydra command-line overrides and validate it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            conf = hydra_compose(config_name="config", overrides=overrides)
+    except MissingConfigException as exc:
+        found = re.search(r"Could not find '([\w-]+)/([^']+)'", str(exc))
+        if found:
+            group, value = found.groups()
+            raise ConfigError(
+                f"{group}={value!r} is not allowed; allowed values: "
+                f"{', '.join(group_options(group, config_dir))} (files in configs/{group}/)"
+            ) from None
+        raise ConfigError(str(exc).splitlines()[0]) from None
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"bad override: {str(exc).splitlines()[0]}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    return from_omegaconf(conf)
+
+
+def _choice(key: str, value: Any, allowed: list[str] | tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
+
+
+def _positive_int(key: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}={value!r} is invalid: must be an integer >= {minimum}")
+
+
+def _fraction(key: str, value: Any, lo: float = 0.0, hi: float = 1.0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= float(value) <= hi:
+        raise ConfigError(f"{key}={value!r} is invalid: must be a number in [{lo}, {hi}]")
+
+
+def validate(cfg: AppConfig) -> None:
+    """Check every value a run depends on; raise ``ConfigError`` on the first problem."""
+    from searchspaces import available_spaces
+    from tune_app.models.encoders import ENCODER_CATALOG
+
+    _choice("model.name", cfg.model.name, tuple(ENCODER_CATALOG))
+    _fraction("model.dropout", cfg.model.dropout, 0.0, 0.9)
+    _positive_int("model.head_hidden", cfg.model.head_hidden)
+    _choice("data.source", cfg.data.source, ("synthetic", "local", "hub"))
+    if cfg.data.source == "local" and not cfg.data.path:
+        raise ConfigError("data.source=local needs data.path=<dir holding redsm5_posts.csv and redsm5_annotations.csv>")
+    if cfg.data.path and not Path(cfg.data.path).expanduser().is_dir():
+        raise ConfigError(f"data.path={cfg.data.path!r} is not a directory; point it at a folder with "
+                          "redsm5_posts.csv and redsm5_annotations.csv")
+    _choice("data.input_format", cfg.data.input_format, ("multi_label", "binary_pairs"))
+    _choice("data.special_case_policy", cfg.data.special_case_policy, ("drop", "negative", "error"))
+    _choice("data.long_text", cfg.data.long_text, ("truncate", "sliding_window"))
+    _positive_int("data.num_posts", cfg.data.num_posts, 20)
+    _positive_int("data.max_length", cfg.data.max_length, 16)
+    _positive_int("data.stride", cfg.data.stride, 0)
+    if cfg.data.stride >= cfg.data.max_length:
+        raise ConfigError(f"data.stride={cfg.data.stride} must be smaller than data.max_length={cfg.data.max_length}")
+    ratios = list(cfg.data.split_ratios)
+    if len(ratios) != 3 or any(not isinstance(r, int | float) or r <= 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
+        raise ConfigError(f"data.split_ratios={ratios} is invalid: three positive numbers "
+                          "(train, validation, test) that sum to 1")
+    _positive_int("retention.keep_last_n", cfg.retention.keep_last_n, 0)
+    _positive_int("retention.keep_best_k_max", cfg.retention.keep_best_k_max, 1)
+    if cfg.retention.keep_best_k_max > 2:
+        raise ConfigError(f"retention.keep_best_k_max={cfg.retention.keep_best_k_max} exceeds the hard cap 2")
+    _positive_int("retention.keep_best_k", cfg.retention.keep_best_k, 1)
+    if cfg.retention.keep_best_k > cfg.retention.keep_best_k_max:
+        raise ConfigError(f"retention.keep_best_k={cfg.retention.keep_best_k} is invalid: must be between 1 and "
+                          f"retention.keep_best_k_max={cfg.retention.keep_best_k_max}")
+    if not cfg.retention.max_total_size_gb > 0:
+        raise ConfigError(f"retention.max_total_size_gb={cfg.retention.max_total_size_gb} must be > 0")
+    if not cfg.retention.monitor_interval_s > 0:
+        raise ConfigError(f"retention.monitor_interval_s={cfg.retention.monitor_interval_s} must be > 0")
+    _positive_int("tune.num_samples", cfg.tune.num_samples)
+    _positive_int("tune.max_epochs", cfg.tune.max_epochs)
+    _choice("tune.metric", cfg.tune.metric, OPTIMISABLE_METRICS)
+    if cfg.tune.mode != "max":
+        raise ConfigError(f"tune.mode={cfg.tune.mode!r} is not allowed; allowed values: max "
+                          f"(every optimisable metric is higher-is-better: {', '.join(OPTIMISABLE_METRICS)})")
+    if not cfg.tune.name or "/" in cfg.tune.name or cfg.tune.name in {".", ".."}:
+        raise ConfigError(f"tune.name={cfg.tune.name!r} is invalid: a folder name without '/'")
+    _positive_int("tune.n_startup_trials", cfg.tune.n_startup_trials, 0)
+    _choice("searchspace", cfg.searchspace, available_spaces())
+    _positive_int("train.batch_size", cfg.train.batch_size)
+    if not (isinstance(cfg.train.lr, int | float) and 0 < cfg.train.lr < 1):
+        raise ConfigError(f"train.lr={cfg.train.lr!r} is invalid: must be a number in (0, 1)")
+    _fraction("train.warmup_ratio", cfg.train.warmup_ratio, 0.0, 0.5)
+    _fraction("train.evidence_weight", cfg.train.evidence_weight, 0.0, 10.0)
+    _fraction("train.label_smoothing", cfg.train.label_smoothing, 0.0, 0.2)
+    _fraction("train.threshold", cfg.train.threshold, 0.0, 1.0)
+    _choice("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
+    _positive_int("train.num_workers", cfg.train.num_workers, 0)
+
+
+def load_study_config(study_dir: Path) -> AppConfig:
+    """The configuration a study was started with (``<study>/study_config.yaml``)."""
+    path = study_dir / "study_config.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"resume={study_dir} is not a tune_app study: {path.name} is missing. "
+            "Pass the folder <tune.storage_path>/<tune.name> that `python -m tune_app.run` printed."
+        )
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    assert isinstance(data, dict)
+    return from_dict({str(k): v for k, v in data.items()})
