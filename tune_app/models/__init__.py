@@ -1,0 +1,1 @@
+"""Models: encoders (catalog + tiny offline encoder), heads, the dual-head model, losses."""

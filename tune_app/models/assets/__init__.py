@@ -1,0 +1,1 @@
+"""Package data for the offline ``tiny`` encoder (``tiny_vocab.txt``) and its builder."""
