@@ -1,0 +1,1 @@
+"""Checkpoints: the atomic hashed store, retention decisions, and the storage monitor."""
