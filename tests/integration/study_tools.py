@@ -1,0 +1,97 @@
+"""Helpers for tests that run real studies in a subprocess and inspect what they left."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def study_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
+    return env
+
+
+def start_run(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """``python -m tune_app.run ARGS`` in its own process group, output to ``log``."""
+    fh = log.open("ab")
+    return subprocess.Popen([sys.executable, "-m", "tune_app.run", *args], cwd=REPO, env=study_env(),
+                            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def run(args: list[str], log: Path, timeout: float = 600) -> int:
+    proc = start_run(args, log)
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        end_group(proc)
+
+
+def end_group(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    """Wait for the group's leftovers (Ray agents outlive the driver) and end them."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def trial_dirs(study: Path) -> list[Path]:
+    return sorted(p for p in study.iterdir() if p.is_dir() and (p / "params.json").exists())
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None,
+             log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended (rc={proc.returncode}) before: {what}\n{tail(log)}")
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for: {what}\n{tail(log)}")
+
+
+def tail(log: Path | None, n: int = 60) -> str:
+    if log is None or not log.exists():
+        return ""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
+
+
+def trial_state(trial_dir: Path) -> dict[str, Any]:
+    path = trial_dir / "trial_state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def mlflow_runs(storage: Path, experiment: str) -> list[dict[str, Any]]:
+    """Every run of ``experiment`` in ``<storage>/mlflow.db`` with params, tags and metric steps."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment!r}"
+    out = []
+    for run in client.search_runs([exp.experiment_id], max_results=1000):
+        steps = {key: [m.step for m in client.get_metric_history(run.info.run_id, key)]
+                 for key in run.data.metrics}
+        out.append({"run_id": run.info.run_id, "status": run.info.status, "params": run.data.params,
+                    "tags": run.data.tags, "steps": steps, "metrics": run.data.metrics})
+    return out

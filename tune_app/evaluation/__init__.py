@@ -1,0 +1,1 @@
+"""Evaluation: validation/test metrics for both heads, and (later) study reports."""

@@ -1,0 +1,124 @@
+"""``python -m tune_app.run [overrides...]`` | ``python -m tune_app.run resume=<study dir>``.
+
+Starts a study (Hydra overrides such as ``model=minilm tune.num_samples=50``) or
+resumes an interrupted one (the same as ``Tuner.restore`` on that folder). Known
+errors become one clear message and a non-zero exit, never a traceback.
+
+Exit codes: 0 study complete (or nothing left to run), 1 trials failed,
+2 bad input (config, data, disk), 130 interrupted (SIGINT/SIGTERM; resumable).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from tune_app.errors import KNOWN_ERRORS, format_error
+from tune_app.logs import setup_logging
+
+logger = logging.getLogger("tune_app.run")
+
+USAGE = """usage: python -m tune_app.run [key=value ...]
+       python -m tune_app.run resume=<study dir>
+
+Start a Ray Tune + Optuna study, or resume one. Overrides are Hydra syntax, e.g.
+  python -m tune_app.run tune.num_samples=3 tune.max_epochs=2 model=tiny
+  python -m tune_app.run model=minilm retention=aggressive tune.num_samples=50
+Config groups (configs/): model, data, retention, tune, train; keys: searchspace, seed.
+"""
+
+
+def _resume_target(overrides: list[str]) -> tuple[str | None, list[str]]:
+    rest, target = [], None
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if key == "resume" and sep:
+            target = value if value not in {"", "null", "None"} else None
+        else:
+            rest.append(o)
+    return target, rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in {"-h", "--help"} for a in args):
+        print(USAGE)
+        return 0
+    setup_logging()
+    try:
+        return _run(args)
+    except KNOWN_ERRORS as exc:
+        print(format_error(exc), file=sys.stderr)
+        return 2
+
+
+def _run(args: list[str]) -> int:
+    from tune_app.config import ConfigError, compose, load_study_config
+
+    target, overrides = _resume_target(args)
+    if target is not None:
+        if overrides:
+            raise ConfigError(f"resume= takes no other overrides (got {' '.join(overrides)}): a study "
+                              "resumes with the configuration it was started with")
+        study_dir = Path(target).expanduser().resolve()
+        cfg = load_study_config(study_dir)
+        # The study may have been moved: trust the folder we were given.
+        cfg.tune.storage_path, cfg.tune.name = str(study_dir.parent), study_dir.name
+        return _resume(cfg)
+
+    cfg = compose(overrides)
+    from tune_app.tuner import can_restore
+
+    if cfg.study_dir.exists() and (can_restore(cfg.study_dir) or (cfg.study_dir / "study_config.yaml").exists()):
+        raise ConfigError(
+            f"study folder {cfg.study_dir} already exists. Resume it with "
+            f"`python -m tune_app.run resume={cfg.study_dir}`, or start a new study with tune.name=<new name>"
+        )
+    from tune_app.study import prepare_study
+    from tune_app.tuner import run_study
+
+    meta = prepare_study(cfg)
+    logger.info("study %s: %d trials x %d epochs, model=%s, data=%s (%s), splits %s",
+                cfg.study_dir, cfg.tune.num_samples, cfg.tune.max_epochs, cfg.model.name,
+                cfg.data.name, meta["dataset_revision"], meta["split_sizes"])
+    return _report(run_study(cfg, resume=False))
+
+
+def _resume(cfg: object) -> int:
+    from tune_app.config import AppConfig, ConfigError
+    from tune_app.tuner import can_restore, run_study, study_status
+
+    assert isinstance(cfg, AppConfig)
+    if not can_restore(cfg.study_dir):
+        raise ConfigError(f"resume={cfg.study_dir}: Tune has no saved state there (the study never "
+                          "started). Start it again with the same overrides instead.")
+    status = study_status(cfg)
+    if status.complete:
+        print(f"Study {cfg.study_dir} is already complete: {status.terminated}/{status.num_samples} "
+              f"trials finished (best {cfg.tune.metric} {status.best_score}). Nothing was re-run.")
+        return 0
+    logger.info("resuming %s: %d/%d trials finished", cfg.study_dir, status.terminated, status.num_samples)
+    return _report(run_study(cfg, resume=True))
+
+
+def _report(outcome: object) -> int:
+    from tune_app.tuner import StudyOutcome
+
+    assert isinstance(outcome, StudyOutcome)
+    if outcome.complete:
+        print(f"Study complete: {outcome.terminated}/{outcome.num_samples} trials; best trial "
+              f"{outcome.best_trial_id} with score {outcome.best_score}. Results in {outcome.study_dir}")
+        return 0
+    if outcome.errored:
+        print(f"Study ended with {outcome.errored} failed trial(s) ({outcome.terminated}/{outcome.num_samples} "
+              f"finished). Error files are in the trial folders under {outcome.study_dir}. After fixing the "
+              f"cause, resume: python -m tune_app.run resume={outcome.study_dir}", file=sys.stderr)
+        return 1
+    print(f"Study interrupted: {outcome.terminated}/{outcome.num_samples} trials finished. Resume with:\n"
+          f"  python -m tune_app.run resume={outcome.study_dir}", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

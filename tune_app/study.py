@@ -1,0 +1,143 @@
+"""The study directory: what the driver prepares before Ray starts, and where it lives.
+
+``<tune.storage_path>/<tune.name>/`` holds Tune's own files (experiment state,
+``tuner.pkl``, one folder per trial) and ours:
+
+* ``study_config.yaml`` - the resolved configuration the study was started with;
+* ``splits.json``       - the post ids of each split (the trainable reads only
+  train/validation ids; only the evaluation touches test);
+* ``study.json``        - study metadata (created, code version, dataset revision).
+
+The data set itself is materialised once under ``<tune.storage_path>/datasets/``
+(the synthetic set is generated there; real data stays where it is).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tune_app import __version__
+from tune_app.config import AppConfig
+
+logger = logging.getLogger(__name__)
+
+STUDY_CONFIG = "study_config.yaml"
+SPLITS_FILE = "splits.json"
+STUDY_META = "study.json"
+TRIAL_CONFIG = "trial_config.yaml"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file + fsync + rename (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def code_version() -> dict[str, str]:
+    """Package version and, when run from a git checkout, the commit (``+dirty`` if modified)."""
+    root = Path(__file__).resolve().parent.parent
+    commit = "unknown"
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True)
+        commit = out.stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        if dirty:
+            commit += "+dirty"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"package_version": __version__, "git_commit": commit}
+
+
+def dataset_dir(cfg: AppConfig) -> Path | None:
+    """Where the posts are read from: the synthetic cache folder, ``data.path``, or None (hub)."""
+    if cfg.data.source == "synthetic":
+        return cfg.storage_dir / "datasets" / f"synthetic-n{cfg.data.num_posts}-s{cfg.data.synthetic_seed}"
+    if cfg.data.source == "local":
+        assert cfg.data.path
+        return Path(cfg.data.path).expanduser().resolve()
+    return None
+
+
+def load_posts_for(cfg: AppConfig, only_post_ids: set[str] | None = None) -> Any:
+    """Read the posts of ``cfg``'s data source (all, or only ``only_post_ids``)."""
+    from tune_app.data.redsm5 import load_posts
+
+    source = "hub" if cfg.data.source == "hub" else "local"
+    return load_posts(
+        source=source,  # type: ignore[arg-type]
+        path=dataset_dir(cfg),
+        hub_id=cfg.data.hub_id,
+        revision=cfg.data.revision,
+        special_case_policy=cfg.data.special_case_policy,  # type: ignore[arg-type]
+        cache_dir=None,
+        only_post_ids=only_post_ids,
+    )
+
+
+def prepare_study(cfg: AppConfig) -> dict[str, Any]:
+    """Create the study folder: materialise data, split it, save config and split ids.
+
+    Runs in the driver before Ray starts. Returns the study metadata (also written to
+    ``study.json``).
+    """
+    from tune_app.data.redsm5 import check_disjoint, make_splits, save_splits
+
+    study = cfg.study_dir
+    study.mkdir(parents=True, exist_ok=True)
+    if cfg.data.source == "synthetic":
+        from tune_app.data.synthetic import write_synthetic_redsm5
+
+        target = dataset_dir(cfg)
+        assert target is not None
+        write_synthetic_redsm5(target, num_posts=cfg.data.num_posts, seed=cfg.data.synthetic_seed)
+    loaded = load_posts_for(cfg)
+    if loaded.provided_splits:
+        split_ids = {k: list(v) for k, v in loaded.provided_splits.items()}
+        logger.info("using the splits provided by the data source")
+    else:
+        ratios = tuple(float(r) for r in cfg.data.split_ratios)
+        split_ids = make_splits(loaded.posts, ratios=ratios, seed=cfg.data.split_seed)  # type: ignore[arg-type]
+    check_disjoint(split_ids)
+    save_splits(split_ids, study / SPLITS_FILE, dataset_id=loaded.dataset_id, revision=loaded.revision,
+                seed=cfg.data.split_seed, ratios=tuple(cfg.data.split_ratios))
+    write_text_atomic(study / STUDY_CONFIG, cfg.to_yaml())
+    meta = {
+        "study_name": cfg.tune.name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "num_samples": cfg.tune.num_samples,
+        "metric": cfg.tune.metric,
+        "mode": cfg.tune.mode,
+        "dataset_id": loaded.dataset_id,
+        "dataset_revision": loaded.revision,
+        "split_sizes": {k: len(v) for k, v in split_ids.items()},
+        **code_version(),
+    }
+    write_json_atomic(study / STUDY_META, meta)
+    return meta
+
+
+def trial_config_dict(cfg: AppConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,1 @@
+"""Tracking: MLflow (resumable logging) and study progress."""

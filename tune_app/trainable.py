@@ -1,0 +1,360 @@
+"""The function trainable: one trial, read top to bottom.
+
+config + sampled params -> data (train/validation only) -> model -> resume from the
+newest valid checkpoint -> epoch loop (train, validate, save checkpoint, report).
+
+Checkpoints: each epoch's checkpoint is written atomically, hashed, straight into the
+folder Tune will register for it (``<trial>/checkpoint_00000N``), and reported with an
+empty staging folder, so Tune copies nothing and no byte is stored twice. On restore,
+Tune's checkpoint is the preferred resume point; a corrupt one falls back to the
+previous valid checkpoint of the trial (see ``checkpoints.store``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ray import tune
+from torch.utils.data import DataLoader
+
+from tune_app import config as config_mod
+from tune_app.config import AppConfig, ConfigError
+from tune_app.study import (
+    SPLITS_FILE,
+    TRIAL_CONFIG,
+    code_version,
+    load_posts_for,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+logger = logging.getLogger("tune_app.trainable")
+
+TRIAL_STATE = "trial_state.json"
+
+
+# --- config ---------------------------------------------------------------------------
+def apply_params(cfg: AppConfig, params: dict[str, Any]) -> AppConfig:
+    """``cfg`` with the sampled ``params`` (dotted keys like ``train.lr``) applied, validated.
+
+    An unknown key or an invalid value raises ``ConfigError`` before any training.
+    """
+    out = copy.deepcopy(cfg)
+    for key, value in sorted(params.items()):
+        section, _, name = key.partition(".")
+        target = getattr(out, section, None) if name else None
+        if target is None or not hasattr(target, name):
+            raise ConfigError(f"search space parameter {key!r} does not name a config key (section.key)")
+        setattr(target, name, value)
+    config_mod.validate(out)
+    return out
+
+
+def select_device(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int, *, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch (all devices); optionally request deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+# --- data -----------------------------------------------------------------------------
+@dataclass
+class SplitData:
+    encoded: list[Any]
+    num_posts: int
+    loader: DataLoader[Any]
+
+
+def build_split(posts: list[Any], tokenizer: Any, cfg: AppConfig, *, shuffle: bool, seed: int) -> SplitData:
+    from tune_app.data.encode import collate, encode_posts
+
+    encoded = encode_posts(
+        posts, tokenizer, input_format=cfg.data.input_format,  # type: ignore[arg-type]
+        max_length=cfg.data.max_length, long_text=cfg.data.long_text,  # type: ignore[arg-type]
+        stride=cfg.data.stride, include_no_symptoms=cfg.data.include_no_symptoms,
+    )
+    pad_id = int(tokenizer.pad_token_id or 0)
+    loader: DataLoader[Any] = DataLoader(
+        encoded,  # type: ignore[arg-type]  # a list is a map-style dataset
+        batch_size=cfg.train.batch_size, shuffle=shuffle,
+        collate_fn=lambda batch: collate(batch, pad_id),
+        num_workers=cfg.train.num_workers, worker_init_fn=_worker_init,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return SplitData(encoded=encoded, num_posts=len(posts), loader=loader)
+
+
+def num_labels(cfg: AppConfig) -> int:
+    """Labels per post: the nine symptoms, plus NO_SYMPTOMS when included."""
+    from tune_app.data.schema import SYMPTOMS
+
+    return len(SYMPTOMS) + (1 if cfg.data.include_no_symptoms else 0)
+
+
+def num_outputs(cfg: AppConfig) -> int:
+    """Criteria logits per model input: one per label, or one per (post, criterion) pair."""
+    return 1 if cfg.data.input_format == "binary_pairs" else num_labels(cfg)
+
+
+# --- one epoch ------------------------------------------------------------------------
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def class_weights(split: SplitData, cfg: AppConfig, device: torch.device) -> torch.Tensor | None:
+    """``pos_weight`` from the training labels when the loss asks for it (``weighted_bce``)."""
+    from tune_app.models.losses import pos_weight_from_labels
+
+    if cfg.train.criteria_loss != "weighted_bce":
+        return None
+    labels = torch.tensor([e.criteria_labels for e in split.encoded], dtype=torch.float32)
+    return pos_weight_from_labels(labels).to(device)
+
+
+def train_one_epoch(model: torch.nn.Module, split: SplitData, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, cfg: AppConfig, device: torch.device,
+                    pos_weight: torch.Tensor | None = None) -> float:
+    from tune_app.models.losses import joint_loss
+
+    model.train()
+    total, batches = 0.0, 0
+    for batch in split.loader:
+        batch = _to_device(batch, device)
+        out = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        loss, _ = joint_loss(out, batch, evidence_weight=cfg.train.evidence_weight,
+                             criteria_loss=cfg.train.criteria_loss, pos_weight=pos_weight,
+                             label_smoothing=cfg.train.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        total += float(loss.detach())
+        batches += 1
+    return total / max(batches, 1)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, split: SplitData, cfg: AppConfig, device: torch.device,
+             prefix: str = "val_", pos_weight: torch.Tensor | None = None) -> dict[str, float]:
+    """Loss and metrics of ``split``; window/pair predictions are aggregated per post."""
+    from tune_app.evaluation.metrics import SplitOutputs, best_spans, split_metrics
+    from tune_app.models.losses import joint_loss
+
+    model.eval()
+    width = num_labels(cfg)
+    probs = np.zeros((split.num_posts, width), dtype=np.float64)
+    labels = np.zeros((split.num_posts, width), dtype=np.float64)
+    starts, ends, gold_s, gold_e = [], [], [], []
+    total, batches = 0.0, 0
+    for batch in split.loader:
+        batch = _to_device(batch, device)
+        out = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        loss, _ = joint_loss(out, batch, evidence_weight=cfg.train.evidence_weight,
+                             criteria_loss=cfg.train.criteria_loss, pos_weight=pos_weight)
+        total += float(loss)
+        batches += 1
+        p = torch.sigmoid(out.criteria_logits.float()).cpu().numpy()
+        y = batch["criteria_labels"].cpu().numpy()
+        posts = batch["post_index"].cpu().numpy()
+        cols = batch["criterion_ids"].cpu().numpy()
+        for row in range(p.shape[0]):
+            for slot in range(p.shape[1]):
+                i, j = posts[row], cols[row, slot]
+                probs[i, j] = max(probs[i, j], p[row, slot])
+                labels[i, j] = max(labels[i, j], y[row, slot])
+        s, e = best_spans(out.start_logits.float(), out.end_logits.float())
+        starts.append(s.cpu().numpy().reshape(-1))
+        ends.append(e.cpu().numpy().reshape(-1))
+        gold_s.append(batch["evidence_start"].cpu().numpy().reshape(-1))
+        gold_e.append(batch["evidence_end"].cpu().numpy().reshape(-1))
+    outputs = SplitOutputs(probs=probs, labels=labels, pred_start=np.concatenate(starts),
+                           pred_end=np.concatenate(ends), gold_start=np.concatenate(gold_s),
+                           gold_end=np.concatenate(gold_e))
+    metrics = split_metrics(outputs, threshold=cfg.train.threshold, prefix=prefix)
+    metrics[f"{prefix}loss"] = total / max(batches, 1)
+    return metrics
+
+
+# --- checkpoints ----------------------------------------------------------------------
+@dataclass
+class TrialState:
+    """What the trainable keeps beside its checkpoints: status and the metric history."""
+
+    status: str = "running"
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def next_checkpoint_dir(storage: Any) -> Path:
+    """The folder Tune will register for the next reported checkpoint."""
+    from ray.train._internal.storage import StorageContext
+
+    name = StorageContext._make_checkpoint_dir_name(storage.current_checkpoint_index + 1)
+    return Path(storage.trial_fs_path) / name
+
+
+def compat_metadata(model: Any, cfg: AppConfig) -> dict[str, Any]:
+    from tune_app.models.dual_head import architecture_signature
+
+    return {
+        **code_version(),
+        "architecture": architecture_signature(model),
+        "heads": {"criteria": cfg.model.criteria_head, "evidence": cfg.model.evidence_head,
+                  "pooling": cfg.model.pooling, "input_format": cfg.data.input_format,
+                  "num_outputs": num_outputs(cfg)},
+    }
+
+
+def _previous_starts(trial_dir: Path) -> list[dict[str, Any]]:
+    """Earlier (re)starts of this trial, from ``trial_state.json``: shows where each resumed."""
+    try:
+        return list(json.loads((trial_dir / TRIAL_STATE).read_text()).get("starts", []))
+    except (OSError, ValueError):
+        return []
+
+
+# --- the trainable --------------------------------------------------------------------
+def train_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: train one sampled config, report every epoch."""
+    from tune_app.checkpoints.preflight import preflight
+    from tune_app.checkpoints.store import (
+        capture_rng_state,
+        check_compat,
+        estimate_checkpoint_bytes,
+        find_resumable_checkpoint,
+        load_checkpoint,
+        restore_rng_state,
+        save_checkpoint,
+    )
+    from tune_app.data.redsm5 import load_splits
+    from tune_app.models.dual_head import build_model
+    from tune_app.models.encoders import load_encoder
+
+    started = time.monotonic()
+    cfg = apply_params(config_mod.from_dict(app_config), params)
+    study_dir = cfg.study_dir
+    ctx = tune.get_context()
+    storage = ctx.get_storage()
+    trial_dir = Path(storage.trial_fs_path)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(trial_dir / TRIAL_CONFIG, cfg.to_yaml())
+    seed = cfg.seed
+    seed_everything(seed, deterministic=cfg.train.deterministic)
+    device = select_device(cfg.train.device)
+
+    # Data: only the train and validation posts are ever read here.
+    split_ids = load_splits(study_dir / SPLITS_FILE)
+    wanted = set(split_ids["train"]) | set(split_ids["validation"])
+    posts = {p.post_id: p for p in load_posts_for(cfg, only_post_ids=wanted).posts}
+    train_posts = [posts[i] for i in sorted(split_ids["train"])]
+    val_posts = [posts[i] for i in sorted(split_ids["validation"])]
+
+    encoder = load_encoder(cfg.model.name, revision=cfg.model.revision, seed=seed,
+                           gradient_checkpointing=cfg.model.gradient_checkpointing)
+    model = build_model(encoder, num_outputs=num_outputs(cfg), criteria_head=cfg.model.criteria_head,
+                        evidence_head=cfg.model.evidence_head, pooling=cfg.model.pooling,
+                        head_hidden=cfg.model.head_hidden, dropout=cfg.model.dropout).to(device)
+    train = build_split(train_posts, encoder.tokenizer, cfg, shuffle=True, seed=seed)
+    val = build_split(val_posts, encoder.tokenizer, cfg, shuffle=False, seed=seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    total_steps = max(1, len(train.loader) * cfg.tune.max_epochs)
+    warmup = int(cfg.train.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup)) * max(0.0, (total_steps - step) / total_steps)
+    )
+    compat = compat_metadata(model, cfg)
+    pos_weight = class_weights(train, cfg, device)
+
+    # Resume: Tune's checkpoint is preferred; a corrupt one falls back to an older valid one.
+    state = TrialState()
+    start_epoch = 1
+    tune_ckpt = tune.get_checkpoint()
+    preferred = Path(tune_ckpt.path) if tune_ckpt is not None else None
+    resume_from = find_resumable_checkpoint(trial_dir, preferred=preferred) if preferred else None
+    if resume_from is not None:
+        loaded = load_checkpoint(resume_from, map_location=device)
+        check_compat(loaded.compat, compat)
+        model.load_state_dict(loaded.model_state)
+        if loaded.optimizer_state is not None:
+            optimizer.load_state_dict(loaded.optimizer_state)
+        if loaded.scheduler_state is not None:
+            scheduler.load_state_dict(loaded.scheduler_state)
+        if loaded.rng_state is not None:
+            restore_rng_state(loaded.rng_state)
+        state.history = list(loaded.trainer_state.get("history", []))
+        start_epoch = int(loaded.trainer_state["epoch"]) + 1
+        logger.info("trial %s resumes at epoch %d from %s", ctx.get_trial_id(), start_epoch, resume_from.name)
+    elif preferred is not None:
+        logger.error("trial %s: no valid checkpoint left in %s; restarting from epoch 1 "
+                     "(metrics already logged are not logged again)", ctx.get_trial_id(), trial_dir)
+
+    starts = _previous_starts(trial_dir) + [{
+        "start_epoch": start_epoch, "resumed_from": resume_from.name if resume_from else None,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }]
+    write_json_atomic(trial_dir / TRIAL_STATE, {"status": "running", "epoch": start_epoch - 1, "seed": seed,
+                                                "history": state.history, "starts": starts})
+    staging = Path(tempfile.mkdtemp(prefix="tune_app-empty-"))  # reported: Tune copies nothing
+    projected = estimate_checkpoint_bytes(model, optimizer)
+    preflight(study_dir, projected_checkpoint_bytes=projected, reclaimable_bytes=0)
+
+    for epoch in range(start_epoch, cfg.tune.max_epochs + 1):
+        assert train.loader.generator is not None
+        train.loader.generator.manual_seed(seed * 100_003 + epoch)
+        epoch_start = time.monotonic()
+        train_loss = train_one_epoch(model, train, optimizer, scheduler, cfg, device, pos_weight)
+        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss,
+                                   **evaluate(model, val, cfg, device, pos_weight=pos_weight)}
+        metrics["epoch_time_s"] = time.monotonic() - epoch_start
+        state.history.append(dict(metrics))
+        state.status = "completed" if epoch == cfg.tune.max_epochs else "running"
+
+        target = next_checkpoint_dir(storage)
+        preflight(study_dir, projected_checkpoint_bytes=projected, reclaimable_bytes=0)
+        save_checkpoint(
+            target,
+            model_state=model.state_dict(),
+            optimizer_state=optimizer.state_dict(),
+            scheduler_state=scheduler.state_dict(),
+            trainer_state={"epoch": epoch, "step": epoch * len(train.loader), "metrics": metrics,
+                           "history": state.history, "params": params, "seed": seed,
+                           "metric": cfg.tune.metric},
+            compat=compat,
+            rng_state=capture_rng_state(),
+        )
+        write_json_atomic(trial_dir / TRIAL_STATE, {"status": state.status, "epoch": epoch, "seed": seed,
+                                                    "history": state.history, "starts": starts})
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(staging)))
+
+    if start_epoch > cfg.tune.max_epochs and state.history:
+        # Restarted after its last epoch (e.g. killed before Tune recorded the end):
+        # report the final result again; MLflow skips the step it already holds.
+        tune.report(dict(state.history[-1]))
+    logger.info("trial %s done in %.1f s", ctx.get_trial_id(), time.monotonic() - started)

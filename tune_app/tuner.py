@@ -1,0 +1,208 @@
+"""Tuner assembly, restore and signals: the only place that creates a ``tune.Tuner``.
+
+* ``build_tuner``: OptunaSearch (seeded TPE, define-by-run space from ``searchspaces/``),
+  ``max_concurrent_trials=1``, the function trainable, our callbacks.
+* ``restore_tuner``: ``Tuner.restore(study_dir, ...)`` with ``resume_unfinished`` and
+  ``resume_errored``: the interrupted trial continues from its checkpoint and the
+  Optuna state survives.
+* ``run_study``: fit with SIGTERM forwarded as SIGINT (Tune only handles SIGINT), then
+  tell complete from interrupted by counting finished trials (Tune returns normally
+  on SIGINT, so ``fit()`` returning means nothing by itself).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from tune_app.config import AppConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyOutcome:
+    """How a study ended: trial counts and whether it is complete."""
+
+    study_dir: Path
+    num_samples: int
+    terminated: int
+    errored: int
+    interrupted: bool
+    best_trial_id: str | None
+    best_score: float | None
+
+    @property
+    def complete(self) -> bool:
+        return self.terminated >= self.num_samples and self.errored == 0
+
+
+def make_trainable(cfg: AppConfig) -> Any:
+    """The function trainable with the study config bound and resources attached."""
+    import torch
+    from ray import tune
+
+    from tune_app.trainable import train_trial
+
+    gpus = cfg.tune.gpus_per_trial
+    if gpus < 0:
+        gpus = 1.0 if torch.cuda.is_available() else 0.0
+    bound = tune.with_parameters(train_trial, app_config=cfg.to_dict())
+    return tune.with_resources(bound, {"cpu": cfg.tune.cpus_per_trial, "gpu": gpus})
+
+
+def make_callbacks(cfg: AppConfig) -> list[Any]:
+    from tune_app.callbacks import RetentionCallback, StoragePressureCallback
+    from tune_app.study import code_version
+    from tune_app.tracking.mlflow_callback import ResumableMLflowLoggerCallback
+
+    retention = RetentionCallback.from_config(cfg)
+    return [
+        retention,
+        StoragePressureCallback.from_config(cfg, retention),
+        ResumableMLflowLoggerCallback(
+            tracking_uri=cfg.tracking_uri,
+            experiment_name=cfg.experiment_name,
+            study_name=cfg.tune.name,
+            extra_tags={"tune_app.seed": str(cfg.seed), "tune_app.model": cfg.model.name,
+                        "tune_app.dataset": cfg.data.name, **{f"tune_app.{k}": v for k, v in code_version().items()}},
+        ),
+    ]
+
+
+def _ray_init(cfg: AppConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    ray.init(
+        include_dashboard=cfg.tune.include_dashboard,
+        dashboard_host="127.0.0.1",
+        configure_logging=True,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
+
+
+def _env_for_tune() -> None:
+    # Save the experiment state at every step so a SIGKILL loses as little as possible.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
+
+
+def build_tuner(cfg: AppConfig) -> Any:
+    """A new ``Tuner`` for ``cfg`` (the study folder must have been prepared)."""
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from searchspaces import load_space
+
+    _env_for_tune()
+    space = load_space(cfg.searchspace, max_epochs=cfg.tune.max_epochs, model=cfg.model.name)
+    sampler = optuna.samplers.TPESampler(seed=cfg.tune.sampler_seed, n_startup_trials=cfg.tune.n_startup_trials)
+    search = OptunaSearch(space=space, metric=cfg.tune.metric, mode=cfg.tune.mode, sampler=sampler)
+    return tune.Tuner(
+        make_trainable(cfg),
+        tune_config=tune.TuneConfig(
+            search_alg=search,
+            metric=cfg.tune.metric,
+            mode=cfg.tune.mode,
+            num_samples=cfg.tune.num_samples,
+            max_concurrent_trials=1,
+            reuse_actors=cfg.tune.reuse_actors,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.tune.name,
+            storage_path=str(cfg.storage_dir),
+            callbacks=make_callbacks(cfg),
+            # Tune keeps every reported checkpoint *entry*; RetentionCallback decides
+            # which checkpoint bytes stay (and keeps pruned folders as tombstones so
+            # Tune's saved state always resolves).
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=None,
+                checkpoint_score_attribute=cfg.tune.metric,
+                checkpoint_score_order=cfg.tune.mode,
+            ),
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=cfg.tune.verbose,
+        ),
+    )
+
+
+def restore_tuner(cfg: AppConfig) -> Any:
+    """``Tuner.restore`` of ``cfg``'s study: unfinished and errored trials resume."""
+    from ray import tune
+
+    _env_for_tune()
+    return tune.Tuner.restore(
+        str(cfg.study_dir),
+        trainable=make_trainable(cfg),
+        resume_unfinished=True,
+        resume_errored=True,
+    )
+
+
+def can_restore(study_dir: Path) -> bool:
+    from ray import tune
+
+    return study_dir.is_dir() and bool(tune.Tuner.can_restore(str(study_dir)))
+
+
+@contextmanager
+def sigterm_as_sigint() -> Iterator[None]:
+    """Forward SIGTERM as SIGINT so Tune stops cleanly (saving state) instead of dying."""
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        logger.warning("SIGTERM received: stopping the study cleanly (like Ctrl-C)")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def summarise(result_grid: Any, cfg: AppConfig) -> StudyOutcome:
+    """Count finished trials and find the best one, from Tune's results."""
+    terminated = errored = 0
+    best_id, best = None, None
+    for result in result_grid:
+        metrics = result.metrics or {}
+        if result.error is not None:
+            errored += 1
+        elif metrics.get("epoch") == cfg.tune.max_epochs or metrics.get("done"):
+            terminated += 1
+        score = metrics.get(cfg.tune.metric)
+        if isinstance(score, int | float) and (best is None or score > best):
+            best, best_id = float(score), metrics.get("trial_id")
+    return StudyOutcome(
+        study_dir=cfg.study_dir, num_samples=cfg.tune.num_samples, terminated=terminated,
+        errored=errored, interrupted=terminated + errored < cfg.tune.num_samples,
+        best_trial_id=best_id, best_score=best,
+    )
+
+
+def run_study(cfg: AppConfig, *, resume: bool) -> StudyOutcome:
+    """Start (or restore) the study and fit it to the end or to an interruption."""
+    _ray_init(cfg)
+    tuner = restore_tuner(cfg) if resume else build_tuner(cfg)
+    with sigterm_as_sigint():
+        results = tuner.fit()
+    return summarise(results, cfg)
+
+
+def study_status(cfg: AppConfig) -> StudyOutcome:
+    """Outcome of a saved study without running anything (restore + ``get_results``)."""
+    _ray_init(cfg)
+    return summarise(restore_tuner(cfg).get_results(), cfg)
