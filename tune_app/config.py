@@ -44,6 +44,9 @@ class ModelConfig:
     head_hidden: int = 128
     dropout: float = 0.1
     gradient_checkpointing: bool = False
+    coupling: str = "independent"  # independent | coupled
+    coupling_method: str = "concat"  # concat | add | mean | weighted_sum | weighted_mean
+    coupling_pooling: str = "mean"  # mean | max | attention
 
 
 @dataclass
@@ -111,6 +114,15 @@ class TrainConfig:
     evidence_weight: float = 0.5
     criteria_loss: str = "weighted_bce"
     label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+    hybrid_alpha: float = 0.5
+    optimizer: str = "adamw"
+    scheduler: str = "linear"  # linear | cosine
+    layerwise_lr_decay: float = 1.0  # 1.0 = off
+    head_lr_multiplier: float = 1.0  # heads' LR = lr * this
+    grad_accumulation_steps: int = 1
+    fgm_epsilon: float = 0.0  # 0 = no adversarial perturbation
+    mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA) | off
     max_grad_norm: float = 1.0
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -119,11 +131,31 @@ class TrainConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Evidence-only TextAttack augmentation of the training split (off by default)."""
+
+    enabled: bool = False
+    method: str = "synonym"  # synonym | insert | swap | char_perturb | back_translation
+    probability: float = 0.0  # per example, 0.0-0.5
+
+
+@dataclass
 class TrackingConfig:
     """MLflow: empty ``tracking_uri`` means ``sqlite:///<storage_path>/mlflow.db``."""
 
     tracking_uri: str | None = None
     experiment_name: str | None = None
+    buffer_warn_mb: float = 100.0
+    log_max_bytes: int = 1_000_000_000
+    log_backup_count: int = 14
+
+
+@dataclass
+class EvaluationConfig:
+    """End-of-study test evaluation and calibration."""
+
+    on_finish: bool = True
+    threshold_strategy: str = "per_criterion"  # per_criterion | global
 
 
 @dataclass
@@ -135,7 +167,9 @@ class AppConfig:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     tune: TuneSection = field(default_factory=TuneSection)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     searchspace: str = "small"
     seed: int = 0
     resume: str | None = None
@@ -195,6 +229,8 @@ _NESTED: dict[str, type] = {
     "TuneSection": TuneSection,
     "TrainConfig": TrainConfig,
     "TrackingConfig": TrackingConfig,
+    "AugmentConfig": AugmentConfig,
+    "EvaluationConfig": EvaluationConfig,
 }
 
 
@@ -258,8 +294,30 @@ def validate(cfg: AppConfig) -> None:
     """Check every value a run depends on; raise ``ConfigError`` on the first problem."""
     from searchspaces import available_spaces
     from tune_app.models.encoders import ENCODER_CATALOG
+    from tune_app.models.heads import CRITERIA_HEADS, EVIDENCE_HEADS, POOLINGS
+    from tune_app.models.losses import CRITERIA_LOSSES
 
     _choice("model.name", cfg.model.name, tuple(ENCODER_CATALOG))
+    _choice("model.criteria_head", cfg.model.criteria_head, tuple(CRITERIA_HEADS))
+    _choice("model.evidence_head", cfg.model.evidence_head, tuple(EVIDENCE_HEADS))
+    _choice("model.pooling", cfg.model.pooling, tuple(POOLINGS))
+    _choice("model.coupling", cfg.model.coupling, ("independent", "coupled"))
+    _choice("model.coupling_method", cfg.model.coupling_method,
+            ("concat", "add", "mean", "weighted_sum", "weighted_mean"))
+    _choice("model.coupling_pooling", cfg.model.coupling_pooling, ("mean", "max", "attention"))
+    _choice("train.criteria_loss", cfg.train.criteria_loss, tuple(CRITERIA_LOSSES))
+    _fraction("train.focal_gamma", cfg.train.focal_gamma, 0.0, 5.0)
+    _fraction("train.hybrid_alpha", cfg.train.hybrid_alpha, 0.0, 1.0)
+    _choice("train.optimizer", cfg.train.optimizer, ("adamw", "radam"))
+    _choice("train.scheduler", cfg.train.scheduler, ("linear", "cosine"))
+    _fraction("train.layerwise_lr_decay", cfg.train.layerwise_lr_decay, 0.5, 1.0)
+    _fraction("train.head_lr_multiplier", cfg.train.head_lr_multiplier, 0.1, 100.0)
+    _positive_int("train.grad_accumulation_steps", cfg.train.grad_accumulation_steps)
+    _fraction("train.fgm_epsilon", cfg.train.fgm_epsilon, 0.0, 5.0)
+    _choice("train.mixed_precision", cfg.train.mixed_precision, ("auto", "off"))
+    _choice("augment.method", cfg.augment.method, ("synonym", "insert", "swap", "char_perturb", "back_translation"))
+    _fraction("augment.probability", cfg.augment.probability, 0.0, 0.5)
+    _choice("evaluation.threshold_strategy", cfg.evaluation.threshold_strategy, ("per_criterion", "global"))
     _fraction("model.dropout", cfg.model.dropout, 0.0, 0.9)
     _positive_int("model.head_hidden", cfg.model.head_hidden)
     _choice("data.source", cfg.data.source, ("synthetic", "local", "hub"))
