@@ -280,7 +280,9 @@ def train_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
                            gradient_checkpointing=cfg.model.gradient_checkpointing)
     model = build_model(encoder, num_outputs=num_outputs(cfg), criteria_head=cfg.model.criteria_head,
                         evidence_head=cfg.model.evidence_head, pooling=cfg.model.pooling,
-                        head_hidden=cfg.model.head_hidden, dropout=cfg.model.dropout).to(device)
+                        head_hidden=cfg.model.head_hidden, dropout=cfg.model.dropout,
+                        coupling=cfg.model.coupling, coupling_method=cfg.model.coupling_method,
+                        coupling_pooling=cfg.model.coupling_pooling, seed=seed).to(device)
     train = build_split(train_posts, encoder.tokenizer, cfg, shuffle=True, seed=seed)
     val = build_split(val_posts, encoder.tokenizer, cfg, shuffle=False, seed=seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)

@@ -1,0 +1,45 @@
+# tune_app — `make help` lists the targets.
+PY ?= .venv/bin/python
+STUDY ?= experiments/redsm5_study
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install tune resume evaluate cleanup test test-slow test-all lint format lock
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: ## Create .venv/ from poetry.lock (CPU torch here; see README for CUDA)
+	bash scripts/install.sh
+
+tune: ## Run a study on the embedded default (extra Hydra overrides: ARGS="tune.num_samples=8")
+	$(PY) -m tune_app.run $(ARGS)
+
+resume: ## Resume an interrupted study (STUDY=experiments/<name>)
+	$(PY) -m tune_app.run resume=$(STUDY)
+
+evaluate: ## Evaluate the best trial of a study on the test split (STUDY=...)
+	$(PY) -m tune_app.evaluate --study $(STUDY) $(ARGS)
+
+cleanup: ## List reclaimable checkpoint bytes of a study (dry run; ARGS=--execute deletes)
+	$(PY) -m tune_app.cleanup --study $(STUDY) $(ARGS)
+
+test: ## The default test suite (fast: unit + short integration tests)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: ## The slow tests (kill/resume fault tests, longer studies); CI runs these too
+	$(PY) -m pytest -q -m slow
+
+test-all: ## Every test
+	$(PY) -m pytest -q
+
+lint: ## ruff + mypy
+	$(PY) -m ruff check tune_app searchspaces tests benchmarks
+	$(PY) -m mypy
+
+format: ## ruff format + import sorting
+	$(PY) -m ruff format tune_app searchspaces tests benchmarks
+	$(PY) -m ruff check --fix --select I tune_app searchspaces tests benchmarks
+
+lock: ## Re-lock dependencies (slow: ~8 min of resolver time)
+	.venv-tools/bin/poetry lock
