@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,16 +16,6 @@ from tune_app.models.losses import (
     joint_loss,
     pos_weight_from_labels,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add overhead (4x slower on 2 busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 LOGITS = [[0.0, 2.0], [-1.0, 3.0]]
 LABELS = [[1.0, 0.0], [0.0, 1.0]]
