@@ -43,3 +43,24 @@ format: ## ruff format + import sorting
 
 lock: ## Re-lock dependencies (slow: ~8 min of resolver time)
 	.venv-tools/bin/poetry lock
+
+# --- environment check and container targets (docker/, docs/container.md) ------------
+COMPOSE ?= docker compose -f docker/docker-compose.yml
+# The GPU service when this host has an NVIDIA driver, else the CPU-only profile.
+SERVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo trainer || echo trainer-cpu)
+.PHONY: validate-env mlflow-ui build shell tune-container
+
+validate-env: ## Check Python/packages, device, disk vs retention, MLflow, HF cache, Ray (ARGS="model=minilm")
+	$(PY) -m tune_app.validate_env $(ARGS)
+
+mlflow-ui: ## MLflow UI on http://127.0.0.1:5000 for experiments/mlflow.db
+	.venv/bin/mlflow ui --backend-store-uri sqlite:///experiments/mlflow.db --host 127.0.0.1 --port 5000
+
+build: ## Build the container image (SERVICE=trainer: CUDA, trainer-cpu: CPU; default from nvidia-smi)
+	$(COMPOSE) --profile cpu build $(SERVICE)
+
+shell: ## A shell in the container (same mounts as tune-container)
+	$(COMPOSE) --profile cpu run --rm --entrypoint bash $(SERVICE)
+
+tune-container: ## Run a study in the container: python -m tune_app.run ARGS (ports 8265/5000 published)
+	$(COMPOSE) --profile cpu run --rm --service-ports $(SERVICE) $(ARGS)
