@@ -1,0 +1,91 @@
+"""The ``full`` space: every head, pooling, coupling, loss and optimisation knob.
+
+Conditionals (plain ``if``s; a parameter is absent when it has no effect):
+
+* ``model.head_hidden`` only when a head uses it (criteria head not ``linear`` or
+  evidence head not ``start_end_linear``);
+* ``model.coupling_method`` / ``model.coupling_pooling`` only when ``model.coupling`` is
+  ``coupled``;
+* ``train.focal_gamma`` only for ``focal`` / ``adaptive_focal`` / ``hybrid`` losses,
+  ``train.hybrid_alpha`` only for ``hybrid``;
+* ``augment.method`` / ``augment.probability`` only when ``augment.enabled``; only the
+  offline methods (synonym, insert, swap, char_perturb) are sampled, never
+  back_translation (it needs translation models).
+
+Not sampled: epochs (the study's ``tune.max_epochs``), the encoder (``model.name`` stays as
+configured), ``data.max_length``. Seed policy: fixed, every trial uses the study's
+``seed`` (a top-level key, which ``apply_params`` cannot set; trials differ by their
+hyperparameters only, so a trial is reproducible from its params + the study config).
+
+The learning-rate and head-multiplier ranges depend on ``settings["model"]``: the
+random-init ``tiny`` encoder trains from scratch (larger LRs), pretrained encoders are
+fine-tuned (small LRs). ``settings["augment"] = False`` drops the augmentation knobs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CRITERIA_HEADS: tuple[str, ...] = ("linear", "mlp", "mlp_residual", "gated", "multi_sample_dropout")
+EVIDENCE_HEADS: tuple[str, ...] = ("start_end_linear", "start_end_mlp", "biaffine", "bio_crf",
+                                   "sentence_reranker")
+POOLINGS: tuple[str, ...] = ("cls", "mean", "max", "attention", "last_2_layer_mix")
+COUPLING_METHODS: tuple[str, ...] = ("concat", "add", "mean", "weighted_sum", "weighted_mean")
+COUPLING_POOLINGS: tuple[str, ...] = ("mean", "max", "attention")
+CRITERIA_LOSSES: tuple[str, ...] = ("bce", "weighted_bce", "focal", "adaptive_focal", "hybrid")
+FOCAL_LOSSES: tuple[str, ...] = ("focal", "adaptive_focal", "hybrid")
+AUGMENT_METHODS: tuple[str, ...] = ("synonym", "insert", "swap", "char_perturb")
+HEAD_HIDDEN: tuple[int, ...] = (128, 256, 512, 1024)
+
+#: (low, high) learning rate and head LR multiplier: the tiny encoder vs pretrained ones.
+LR_RANGE = {"tiny": (1e-3, 1e-2), "pretrained": (5e-6, 2e-4)}
+HEAD_LR_MULTIPLIER_RANGE = {"tiny": (1.0, 3.0), "pretrained": (1.0, 30.0)}
+
+
+def head_hidden_used(criteria_head: str, evidence_head: str) -> bool:
+    """Whether ``model.head_hidden`` changes the model for these heads."""
+    return criteria_head != "linear" or evidence_head != "start_end_linear"
+
+
+def define(trial: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Optuna define-by-run: sample one trial's parameters (dotted config keys)."""
+    kind = "tiny" if settings.get("model", "tiny") == "tiny" else "pretrained"
+
+    # Optimisation.
+    trial.suggest_float("train.lr", *LR_RANGE[kind], log=True)
+    trial.suggest_categorical("train.batch_size", [8, 16, 32])
+    trial.suggest_categorical("train.grad_accumulation_steps", [1, 2, 4])
+    trial.suggest_float("train.warmup_ratio", 0.0, 0.2)
+    trial.suggest_float("train.weight_decay", 0.0, 0.1)
+    trial.suggest_categorical("train.scheduler", ["linear", "cosine"])
+    trial.suggest_categorical("train.optimizer", ["adamw", "radam"])
+    trial.suggest_float("train.layerwise_lr_decay", 0.7, 1.0)
+    trial.suggest_float("train.head_lr_multiplier", *HEAD_LR_MULTIPLIER_RANGE[kind], log=True)
+    trial.suggest_categorical("train.fgm_epsilon", [0.0, 0.1, 0.5, 1.0])
+
+    # Model.
+    criteria_head = trial.suggest_categorical("model.criteria_head", list(CRITERIA_HEADS))
+    evidence_head = trial.suggest_categorical("model.evidence_head", list(EVIDENCE_HEADS))
+    if head_hidden_used(criteria_head, evidence_head):
+        trial.suggest_categorical("model.head_hidden", list(HEAD_HIDDEN))
+    trial.suggest_float("model.dropout", 0.1, 0.5)
+    trial.suggest_categorical("model.pooling", list(POOLINGS))
+    if trial.suggest_categorical("model.coupling", ["independent", "coupled"]) == "coupled":
+        trial.suggest_categorical("model.coupling_method", list(COUPLING_METHODS))
+        trial.suggest_categorical("model.coupling_pooling", list(COUPLING_POOLINGS))
+
+    # Loss.
+    loss = trial.suggest_categorical("train.criteria_loss", list(CRITERIA_LOSSES))
+    if loss in FOCAL_LOSSES:
+        trial.suggest_float("train.focal_gamma", 1.0, 5.0)
+    if loss == "hybrid":
+        trial.suggest_float("train.hybrid_alpha", 0.1, 0.9)
+    trial.suggest_float("train.label_smoothing", 0.0, 0.2)
+    trial.suggest_float("train.evidence_weight", 0.2, 2.0)
+
+    # Data.
+    trial.suggest_categorical("data.input_format", ["multi_label", "binary_pairs"])
+    if settings.get("augment", True) and trial.suggest_categorical("augment.enabled", [False, True]):
+        trial.suggest_categorical("augment.method", list(AUGMENT_METHODS))
+        trial.suggest_float("augment.probability", 0.05, 0.5)
+    return None
