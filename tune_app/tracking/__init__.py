@@ -1,1 +1,2 @@
-"""Tracking: MLflow (resumable logging) and study progress."""
+"""Tracking: MLflow (resumable, outage-tolerant logging), structured logs, sanitisation
+and study progress."""

@@ -1,24 +1,39 @@
-"""MLflow logging that survives ``Tuner.restore``: one run per trial, no step twice.
+"""MLflow logging that survives ``Tuner.restore`` and tracking-backend outages.
 
-Ray's stock ``MLflowLoggerCallback`` keeps its trial -> run map in memory, so after a
-restore the interrupted trial gets a second MLflow run and the re-reported epochs are
-logged again (../shared/notes/ray-tune-2.60.md). This subclass:
-
-* re-attaches a trial to its existing run, found by the ``tune_app.trial_id`` tag in
-  the experiment, and marks it RUNNING again;
-* logs with ``step = epoch`` and skips every step at or below the last step that run
-  already holds, so a trial that repeats epochs after a fallback never duplicates one;
-* logs the metrics of one result in a single batch (one SQLite transaction).
+* One run per trial: a restored trial re-attaches to its run, found by the
+  ``tune_app.trial_id`` + ``tune_app.study`` tags, marked RUNNING again.
+* ``step = epoch``; every step at or below the last step the run already holds (in
+  MLflow or in the outage buffer) is skipped, so no step is logged twice.
+* All writes go through ``BufferedMlflowWriter``: the callback only enqueues; a writer
+  thread sends, and on failure buffers to ``<study>/mlflow_buffer.jsonl`` and replays
+  with backoff. A run that cannot be created at trial start (backend down) gets a
+  ``pending:`` placeholder and is created (or found) at replay.
+* Params and tags are sanitised; tags carry study, trial, seed, dataset id/revision
+  (from ``<study>/study.json``) and code version. A study-level run
+  (``tune_app.kind=study``, experiment ``<experiment>-study``, so the trial experiment
+  holds exactly one run per trial) holds the study progress tags (``set_study_tags``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import numbers
+import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.tune.logger import LoggerCallback
+
+from tune_app.tracking.buffer import (
+    PENDING_PREFIX,
+    BufferedMlflowWriter,
+    MetricBuffer,
+    find_or_create_run,
+    last_logged_step,
+)
+from tune_app.tracking.sanitize import sanitize, sanitize_mapping
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -27,6 +42,10 @@ logger = logging.getLogger(__name__)
 
 TRIAL_ID_TAG = "tune_app.trial_id"
 STUDY_TAG = "tune_app.study"
+KIND_TAG = "tune_app.kind"
+BUFFER_FILE = "mlflow_buffer.jsonl"
+#: The study-level run (progress tags) goes to ``<experiment><suffix>``.
+STUDY_EXPERIMENT_SUFFIX = "-study"
 #: Result keys that Tune adds for its own bookkeeping; not worth an MLflow metric.
 _SKIP_KEYS = frozenset({
     "timestamp", "pid", "time_since_restore", "iterations_since_restore", "done",
@@ -35,89 +54,173 @@ _SKIP_KEYS = frozenset({
 })
 #: The metric whose history tells the last epoch a run holds.
 STEP_KEY = "epoch"
+#: Fail fast on an unreachable server: the writer's own backoff does the retrying.
+_MLFLOW_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
-class ResumableMLflowLoggerCallback(MLflowLoggerCallback):
-    """``MLflowLoggerCallback`` that re-attaches restored trials to their runs."""
+def study_tags(study_dir: Path) -> dict[str, str]:
+    """Dataset id and resolved revision from ``<study>/study.json`` (empty if absent)."""
+    try:
+        meta = json.loads((Path(study_dir) / "study.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    out = {"tune_app.dataset_id": meta.get("dataset_id"), "tune_app.dataset_revision": meta.get("dataset_revision")}
+    return {k: str(v) for k, v in out.items() if v is not None}
 
-    def __init__(self, *args: Any, study_name: str, extra_tags: dict[str, str] | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+
+class ResumableMLflowLoggerCallback(LoggerCallback):
+    """One MLflow run per trial across restores and outages; writes never block Tune."""
+
+    def __init__(self, *, tracking_uri: str, experiment_name: str, study_name: str,
+                 study_dir: Path | str | None = None, extra_tags: dict[str, str] | None = None,
+                 buffer_warn_mb: float = 100.0, close_timeout_s: float = 120.0,
+                 backoff_initial_s: float = 1.0, backoff_max_s: float = 30.0) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
         self.study_name = study_name
+        self.study_dir = Path(study_dir) if study_dir is not None else None
         self.extra_tags = dict(extra_tags or {})
-        self._last_step: dict[str, int] = {}
+        self.buffer_warn_mb = buffer_warn_mb
+        self.close_timeout_s = close_timeout_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self._init_runtime()
 
-    # Tune pickles callbacks into tuner.pkl; the MLflow client must not travel.
+    def _init_runtime(self) -> None:
+        self._writer: BufferedMlflowWriter | None = None
+        self._trial_runs: dict[str, str] = {}  # trial_id -> run id or pending placeholder
+        self._last_step: dict[str, int] = {}
+        self._study_run: str | None = None
+        self.tags: dict[str, str] = {}
+
+    # Tune pickles callbacks into tuner.pkl; clients and threads must not travel.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_last_step"] = {}
-        state.pop("_trial_runs", None)
+        for key in ("_writer", "_trial_runs", "_last_step", "_study_run", "tags"):
+            state.pop(key, None)
         return state
 
-    def setup(self, *args: Any, **kwargs: Any) -> None:
-        super().setup(*args, **kwargs)
-        self.tags = {**(self.tags or {}), **self.extra_tags, STUDY_TAG: self.study_name}
-        self._last_step = {}
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
 
+    # --- setup -----------------------------------------------------------------------
     def _client(self) -> Any:
-        return self.mlflow_util._get_client()
+        from mlflow.tracking import MlflowClient
 
-    def _find_run(self, trial_id: str) -> Any | None:
-        runs = self._client().search_runs(
-            experiment_ids=[self.mlflow_util.experiment_id],
-            filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}' and tags.`{STUDY_TAG}` = '{self.study_name}'",
-            max_results=5,
-        )
-        return runs[0] if runs else None
+        return MlflowClient(self.tracking_uri)
 
-    def _last_logged_step(self, run_id: str) -> int:
-        history = self._client().get_metric_history(run_id, STEP_KEY)
-        return max((m.step for m in history), default=0)
+    def buffer_path(self) -> Path:
+        base = self.study_dir if self.study_dir is not None else Path.cwd()
+        return base / BUFFER_FILE
 
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in _MLFLOW_HTTP_ENV.items():
+            os.environ.setdefault(key, value)
+        self._init_runtime()
+        self.tags = sanitize_mapping({
+            **self.extra_tags, **(study_tags(self.study_dir) if self.study_dir else {}),
+            STUDY_TAG: self.study_name,
+        })
+        buffer = MetricBuffer(self.buffer_path(), warn_bytes=int(self.buffer_warn_mb * 1024 * 1024))
+        self._writer = BufferedMlflowWriter(buffer, self._client, experiment_name=self.experiment_name,
+                                            step_key=STEP_KEY, backoff_initial_s=self.backoff_initial_s,
+                                            backoff_max_s=self.backoff_max_s)
+        if buffer.exists():
+            logger.warning("MLflow: replaying tracking data buffered in %s by an earlier session", buffer.path)
+            self._writer.flush(timeout_s=30)
+        self._study_run = self._attach({KIND_TAG: "study", STUDY_TAG: self.study_name},
+                                       f"study:{self.study_name}", f"study-{self.study_name}",
+                                       experiment=self.study_experiment_name)
+
+    @property
+    def writer(self) -> BufferedMlflowWriter:
+        assert self._writer is not None, "setup() has not run"
+        return self._writer
+
+    @property
+    def study_experiment_name(self) -> str:
+        """The study-level run lives beside the trial runs' experiment: one run per trial there."""
+        return f"{self.experiment_name}{STUDY_EXPERIMENT_SUFFIX}"
+
+    def _attach(self, match: dict[str, str], placeholder: str, run_name: str,
+                experiment: str | None = None) -> str:
+        """Find or create the run tagged ``match``; a placeholder when MLflow is down."""
+        writer = self.writer
+        experiment = experiment or self.experiment_name
+        pending = writer.buffer.pending_run(match) if writer.in_outage else None
+        if pending is not None:
+            self._last_step[pending] = writer.buffer.max_step(pending, STEP_KEY)
+            return pending
+        if not writer.in_outage:
+            try:
+                client = self._client()
+                run_id, created = find_or_create_run(client, experiment, match, self.tags, run_name)
+                if not created:
+                    client.update_run(run_id, status="RUNNING")
+                held = 0 if created else last_logged_step(client, run_id, STEP_KEY)
+                self._last_step[run_id] = max(held, writer.buffer.max_step(run_id, STEP_KEY))
+                if not created:
+                    logger.info("MLflow: %s continues run %s from step %d", run_name, run_id,
+                                self._last_step[run_id])
+                return run_id
+            except Exception as exc:  # noqa: BLE001 - tracking must never stop training
+                logger.warning("MLflow unreachable at the start of %s (%s): the run is created when it "
+                               "answers again", run_name, type(exc).__name__)
+        ref = f"{PENDING_PREFIX}{placeholder}"
+        writer.create_run(ref, match, self.tags, run_name, experiment)
+        self._last_step[ref] = 0
+        return ref
+
+    # --- Tune hooks --------------------------------------------------------------------
     def log_trial_start(self, trial: Trial) -> None:
-        if trial not in self._trial_runs:
-            existing = self._find_run(trial.trial_id)
-            if existing is not None:
-                run_id = existing.info.run_id
-                self._client().update_run(run_id, status="RUNNING")
-                self._trial_runs[trial] = run_id
-                self._last_step[run_id] = self._last_logged_step(run_id)
-                logger.info("MLflow: trial %s continues run %s from step %d",
-                            trial.trial_id, run_id, self._last_step[run_id])
-            else:
-                tags = {**(self.tags or {}), "trial_name": str(trial), TRIAL_ID_TAG: trial.trial_id}
-                run = self.mlflow_util.start_run(tags=tags, run_name=str(trial))
-                self._trial_runs[trial] = run.info.run_id
-                self._last_step[run.info.run_id] = 0
-        run_id = self._trial_runs[trial]
-        if not self.log_params_on_trial_end:
-            self._log_params_once(run_id, trial.config)
-
-    def _log_params_once(self, run_id: str, config: dict[str, Any]) -> None:
-        logged = self._client().get_run(run_id).data.params
-        todo = {k: v for k, v in config.items() if k not in logged}
-        if todo:
-            self.mlflow_util.log_params(run_id=run_id, params_to_log=todo)
+        if trial.trial_id not in self._trial_runs:
+            match = {STUDY_TAG: self.study_name, TRIAL_ID_TAG: trial.trial_id}
+            ref = self._attach(match, trial.trial_id, str(trial))
+            self._trial_runs[trial.trial_id] = ref
+            self.writer.set_tags(ref, {"trial_name": sanitize(str(trial)), TRIAL_ID_TAG: trial.trial_id})
+        else:
+            self.writer.set_status(self._trial_runs[trial.trial_id], "RUNNING")
+        self.writer.log_params(self._trial_runs[trial.trial_id], sanitize_mapping(trial.config))
 
     def log_trial_result(self, iteration: int, trial: Trial, result: dict[str, Any]) -> None:
-        from mlflow.entities import Metric
-
-        run_id = self._trial_runs[trial]
+        ref = self._trial_runs.get(trial.trial_id)
+        if ref is None:
+            self.log_trial_start(trial)
+            ref = self._trial_runs[trial.trial_id]
         step = int(result.get(STEP_KEY) or result.get("training_iteration") or iteration)
-        last = self._last_step.get(run_id, 0)
+        last = self._last_step.get(ref, 0)
         if step <= last:
             logger.info("MLflow: skip step %d of trial %s (run already holds up to %d)",
                         step, trial.trial_id, last)
             return
         now_ms = int(time.time() * 1000)
-        metrics = [
-            Metric(key=key, value=float(value), timestamp=now_ms, step=step)
+        self.writer.log_metrics(ref, [
+            (key, float(value), step, now_ms)
             for key, value in result.items()
             if key not in _SKIP_KEYS and isinstance(value, numbers.Real) and not isinstance(value, bool)
-        ]
-        self._client().log_batch(run_id, metrics=metrics)
-        self._last_step[run_id] = step
+        ])
+        self._last_step[ref] = step
 
     def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
-        if trial in self._trial_runs:
-            super().log_trial_end(trial, failed=failed)
+        ref = self._trial_runs.get(trial.trial_id)
+        if ref is not None:
+            self.writer.set_status(ref, "FAILED" if failed else "FINISHED")
+
+    def set_study_tags(self, tags: dict[str, Any]) -> None:
+        """Tags on the study-level run (progress); enqueued, never blocking."""
+        if self._writer is not None and self._study_run is not None:
+            self._writer.set_tags(self._study_run, sanitize_mapping(tags))
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Replay the outage buffer now (storage-pressure hook); True if it is empty."""
+        return self._writer.flush(timeout_s) if self._writer is not None else True
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        if self._writer is None:
+            return
+        if self._study_run is not None:
+            done = all(t.status in ("TERMINATED", "ERROR") for t in trials)
+            if done:
+                self._writer.set_status(self._study_run, "FINISHED")
+        self._writer.close(self.close_timeout_s)
