@@ -1,0 +1,91 @@
+"""``python -m tune_app.evaluate --study DIR [--trial-id ID] [--split test|validation]``.
+
+Recomputes an evaluation by hand (the study already evaluated its test split once
+when it finished; see docs/reports.md). Without an existing study report, and for
+the whole study on the test split, the result becomes the study report (recorded in
+``study.json``); otherwise it goes to ``<study>/manual_evaluation/`` (or ``--out``)
+and, when a study report exists, the largest difference from it is printed.
+
+Exit codes: 0 ok, 2 bad input (missing study, no checkpoint to evaluate...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("tune_app.evaluate")
+
+MANUAL_DIR = "manual_evaluation"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tune_app.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study", required=True, type=Path, help="the study folder <storage_path>/<name>")
+    p.add_argument("--trial-id", default=None, help="evaluate this trial (Tune id or folder name)")
+    p.add_argument("--split", default="test", choices=("test", "validation"))
+    p.add_argument("--out", type=Path, default=None, help="where to write the report and plots")
+    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
+    p.add_argument("--no-plots", action="store_true", help="write the JSON report only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from tune_app.errors import KNOWN_ERRORS, format_error
+    from tune_app.evaluation.contracts import ContractError
+    from tune_app.evaluation.predict import EvaluationError
+    from tune_app.logs import setup_logging
+
+    setup_logging()
+    handled: tuple[type[BaseException], ...] = (EvaluationError, ContractError, *KNOWN_ERRORS)
+    try:
+        return _evaluate(args)
+    except handled as exc:
+        print(format_error(exc), file=sys.stderr)
+        return 2
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from tune_app.evaluation.predict import EvaluationError
+    from tune_app.evaluation.report import (
+        REPORT_FILE,
+        evaluate_study,
+        max_abs_difference,
+        record_test_evaluation,
+        recorded_test_evaluation,
+        refresh_trial_reports,
+        write_study_report,
+    )
+
+    study = args.study.expanduser().resolve()
+    if not (study / "study_config.yaml").is_file():
+        raise EvaluationError(f"{study} is not a tune_app study folder (no study_config.yaml)")
+    existing = study / REPORT_FILE
+    whole_test = args.trial_id is None and args.split == "test"
+    becomes_study_report = args.out is None and whole_test and not existing.is_file()
+    out = args.out or (study if becomes_study_report else study / MANUAL_DIR)
+    if becomes_study_report:
+        refresh_trial_reports(study)
+    report = evaluate_study(study, split=args.split, trial_id=args.trial_id, device=args.device)
+    path = write_study_report(report, out, study_dir=study, plots=not args.no_plots)
+    if becomes_study_report and recorded_test_evaluation(study) is None:
+        record_test_evaluation(study, report)
+    m = report[f"{args.split}_metrics"]
+    print(f"{args.split}: trial {report['best_trial_id']} ({len(report['evaluated_checkpoints'])} "
+          f"checkpoint(s)) macro-F1 {m['criteria_matching']['macro_f1']:.4f}, evidence token F1 "
+          f"{m['evidence_binding']['token_f1']:.4f}, char F1 {m['evidence_binding']['char_f1']:.4f}")
+    print(f"report: {path}")
+    if existing.is_file() and path != existing and whole_test:
+        saved = json.loads(existing.read_text(encoding="utf-8"))
+        diff = max_abs_difference(saved.get("test_metrics"), report["test_metrics"])
+        print(f"largest difference from the study report {existing}: {diff:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Plots of a study report (matplotlib, Agg backend) and one self-contained HTML page.
+
+``render_all`` writes ``plots/*.png`` beside the report and ``evaluation_report.html``
+with the PNGs embedded as base64: optimisation history, parameter importance
+(Optuna's fANOVA on the trials' params and scores; a correlation fallback when
+fANOVA cannot run, e.g. with fewer than 3 scored trials), per-criterion F1 and the
+per-criterion confusion matrices.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from tune_app.evaluation.report import TrialInfo
+
+logger = logging.getLogger(__name__)
+
+PLOTS_DIR = "plots"
+HTML_FILE = "evaluation_report.html"
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _message(fig: Figure, text: str) -> None:
+    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, color="0.35", wrap=True)
+
+
+def plot_history(trials: list[TrialInfo], metric: str, path: Path) -> Path:
+    """Each trial's per-epoch scores, its best score, and the running best over trials."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ordered = sorted(trials, key=lambda t: t.path.name)
+    best_so_far: list[float] = []
+    for i, t in enumerate(ordered):
+        scores = [h.get(metric) for h in t.history]
+        ys = [float(s) for s in scores if isinstance(s, int | float)]
+        if ys:
+            ax.scatter([i] * len(ys), ys, s=12, color="0.7", zorder=1)
+        if t.best_score is not None:
+            ax.scatter([i], [t.best_score], s=36, color="tab:blue", zorder=2)
+            best_so_far.append(max([t.best_score, *best_so_far[-1:]]))
+        else:
+            best_so_far.append(best_so_far[-1] if best_so_far else math.nan)
+    if ordered:
+        ax.step(range(len(ordered)), best_so_far, where="post", color="tab:red", label="best so far")
+        ax.legend(loc="lower right")
+    else:
+        _message(fig, "no trials")
+    ax.set_xlabel("trial (in start order)")
+    ax.set_ylabel(metric)
+    ax.set_title("Optimisation history (grey: every epoch, blue: trial best)")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _distribution(values: list[Any]) -> Any:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return IntDistribution(min(values), max(values))
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return FloatDistribution(float(min(values)), float(max(values)))
+    return CategoricalDistribution(sorted({str(v) for v in values}))
+
+
+def param_importance(trials: list[TrialInfo]) -> tuple[dict[str, float], str]:
+    """Importance of each varied param for the trial scores, and the method used.
+
+    Optuna's fANOVA on an in-memory study holding the trials' params and best scores;
+    if that cannot run, the absolute Spearman correlation (numeric params) or the
+    correlation ratio (categorical ones), normalised to sum to 1.
+    """
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    scored = [t for t in trials if t.best_score is not None]
+    names = sorted({k for t in scored for k in t.params})
+    varied = [n for n in names
+              if all(n in t.params for t in scored) and len({repr(t.params[n]) for t in scored}) > 1]
+    if len(scored) < 2 or not varied:
+        return {}, "none (needs at least 2 scored trials with varied params)"
+    dists = {n: _distribution([t.params[n] for t in scored]) for n in varied}
+    try:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(direction="maximize")
+        for t in scored:
+            params = {n: (str(t.params[n]) if isinstance(dists[n], optuna.distributions.CategoricalDistribution)
+                          else t.params[n]) for n in varied}
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.best_score))
+        imp = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+        if imp and all(math.isfinite(v) for v in imp.values()):
+            return {k: float(v) for k, v in imp.items()}, "optuna fANOVA"
+    except Exception as exc:  # fANOVA needs enough distinct trials; fall back below
+        logger.info("fANOVA importance unavailable (%s); using correlations", exc)
+    from scipy.stats import spearmanr
+
+    y = np.array([t.best_score for t in scored], dtype=float)
+    raw: dict[str, float] = {}
+    for n in varied:
+        vals = [t.params[n] for t in scored]
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
+            rho = spearmanr(np.asarray(vals, dtype=float), y).statistic
+            raw[n] = abs(float(rho)) if np.isfinite(rho) else 0.0
+        else:  # correlation ratio: share of score variance explained by the category
+            groups: dict[str, list[float]] = {}
+            for v, s in zip(vals, y, strict=True):
+                groups.setdefault(str(v), []).append(float(s))
+            total = float(((y - y.mean()) ** 2).sum())
+            between = sum(len(g) * (np.mean(g) - y.mean()) ** 2 for g in groups.values())
+            raw[n] = float(np.sqrt(between / total)) if total > 0 else 0.0
+    total_raw = sum(raw.values())
+    return ({k: v / total_raw for k, v in raw.items()} if total_raw > 0 else raw), "correlation (fallback)"
+
+
+def plot_importance(trials: list[TrialInfo], path: Path) -> Path:
+    imp, method = param_importance(trials)
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(imp) + 1.2)))
+    if imp:
+        items = sorted(imp.items(), key=lambda kv: kv[1])
+        ax.barh([k for k, _ in items], [v for _, v in items], color="tab:green")
+        ax.set_xlabel("importance")
+    else:
+        ax.set_axis_off()
+        _message(fig, f"parameter importance: {method}")
+    ax.set_title(f"Parameter importance ({method})")
+    return _save(fig, path)
+
+
+def plot_per_criterion_f1(report: dict[str, Any], path: Path) -> Path:
+    metrics = report.get(f"{report['split']}_metrics") or {}
+    per = (metrics.get("criteria_matching") or {}).get("per_criterion") or {}
+    names = list(per)
+    f1 = [per[n]["f1"] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1.5))
+    bars = ax.barh(names[::-1], f1[::-1], color="tab:blue")
+    for bar, n in zip(bars, names[::-1], strict=True):
+        ax.text(bar.get_width() + 0.01, bar.get_y() + bar.get_height() / 2,
+                f"{per[n]['f1']:.2f} (thr {per[n]['threshold']:.2f}, n={per[n]['support']:.0f})",
+                va="center", fontsize=8)
+    ax.set_xlim(0, 1.35)
+    macro = (metrics.get("criteria_matching") or {}).get("macro_f1")
+    if macro is not None:
+        ax.axvline(macro, color="tab:red", linestyle="--", label=f"macro-F1 {macro:.3f}")
+        ax.legend(loc="lower right")
+    ax.set_xlabel(f"F1 on {report['split']}")
+    ax.set_title("Per-criterion F1")
+    return _save(fig, path)
+
+
+def plot_confusion(report: dict[str, Any], path: Path) -> Path:
+    metrics = report.get(f"{report['split']}_metrics") or {}
+    per = (metrics.get("criteria_matching") or {}).get("per_criterion") or {}
+    names = list(per)
+    cols = 5
+    rows = max(1, math.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        cm = np.asarray(per[name]["confusion_matrix"], dtype=float)
+        ax.imshow(cm, cmap="Blues", vmin=0)
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, f"{v:g}", ha="center", va="center",
+                    color="white" if v > cm.max() / 2 else "black", fontsize=9)
+        ax.set_xticks([0, 1], ["pred 0", "pred 1"], fontsize=7)
+        ax.set_yticks([0, 1], ["gold 0", "gold 1"], fontsize=7)
+        ax.set_title(name, fontsize=8)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_axis_off()
+    fig.suptitle(f"Confusion matrices ({report['split']}, calibrated thresholds)")
+    return _save(fig, path)
+
+
+def _summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    m = report.get(f"{report['split']}_metrics") or {}
+    cm, ev = m.get("criteria_matching") or {}, m.get("evidence_binding") or {}
+
+    def num(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, int | float) else "n/a"
+
+    return [
+        ("study", str(report["study_id"])), ("split", str(report["split"])),
+        ("best trial", str(report["best_trial_id"])),
+        (str(report["optimization_metric_name"]), num(report["best_validation_score"])),
+        ("checkpoints", ", ".join(c["path"] for c in report["evaluated_checkpoints"])),
+        ("threshold strategy", str(report["decision_thresholds"]["strategy"])),
+        ("macro-F1", num(cm.get("macro_f1"))), ("micro-F1", num(cm.get("micro_f1"))),
+        ("PR AUC (macro)", num(cm.get("pr_auc_macro"))),
+        ("evidence token F1", num(ev.get("token_f1"))), ("evidence char F1", num(ev.get("char_f1"))),
+        ("evidence exact match", num(ev.get("exact_match"))), ("null-span accuracy", num(ev.get("null_accuracy"))),
+        ("trials", str(report["trials_count"])), ("generated", str(report["generated_at"])),
+    ]
+
+
+def write_html(report: dict[str, Any], pngs: dict[str, Path], path: Path) -> Path:
+    """One HTML page: a summary table and every PNG inlined as a base64 data URI."""
+    rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                     for k, v in _summary_rows(report))
+    imgs = "\n".join(
+        f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" '
+        f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode("ascii")}">'
+        for title, p in pngs.items())
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Evaluation report - {html.escape(str(report['study_id']))}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}
+th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
+<body><h1>Evaluation report: {html.escape(str(report['study_id']))}</h1>
+<table>{rows}</table>
+{imgs}
+</body></html>
+"""
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def render_all(report: dict[str, Any], trials: list[TrialInfo], out_dir: Path) -> dict[str, str]:
+    """Write every plot and the HTML page under ``out_dir``; return their paths relative to it."""
+    plots = Path(out_dir) / PLOTS_DIR
+    pngs = {
+        "Optimisation history": plot_history(trials, report["optimization_metric_name"],
+                                             plots / "optimization_history.png"),
+        "Parameter importance": plot_importance(trials, plots / "param_importance.png"),
+        "Per-criterion F1": plot_per_criterion_f1(report, plots / "per_criterion_f1.png"),
+        "Confusion matrices": plot_confusion(report, plots / "confusion_matrices.png"),
+    }
+    page = write_html(report, pngs, Path(out_dir) / HTML_FILE)
+    out = {p.stem: str(p.relative_to(out_dir)) for p in pngs.values()}
+    out["html"] = str(page.relative_to(out_dir))
+    return out

@@ -1,0 +1,184 @@
+"""Rebuild a trained model from a checkpoint and predict a split with it.
+
+The model is rebuilt from the checkpoint's own ``compat.architecture`` (head names and
+sizes it was trained with), on the encoder of the trial's config, then its state dict
+is loaded strictly. Predictions keep what the metrics and the threshold calibration
+need: per-post criteria probabilities and, per evidence slot, the best non-null span,
+its margin over the null span, the gold span and the char offsets to decode it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tune_app.config import AppConfig
+from tune_app.data.schema import NO_SYMPTOMS, SYMPTOMS, Post
+
+
+class EvaluationError(ValueError):
+    """The study or checkpoint cannot be evaluated; the message says why and what to do."""
+
+
+def criteria_names(cfg: AppConfig) -> list[str]:
+    """Label names in label-index order: the nine symptoms, plus NO_SYMPTOMS when included."""
+    return list(SYMPTOMS) + ([NO_SYMPTOMS] if cfg.data.include_no_symptoms else [])
+
+
+def select_device(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: Any
+    trainer_state: dict[str, Any]
+
+
+def load_model(checkpoint: Path, cfg: AppConfig, device: torch.device) -> LoadedModel:
+    """Verify, rebuild and load the model saved in ``checkpoint`` (eval mode, on ``device``)."""
+    from tune_app.checkpoints.store import CorruptCheckpointError, load_checkpoint
+    from tune_app.models.dual_head import architecture_signature, build_model
+    from tune_app.models.encoders import load_encoder
+
+    try:
+        loaded = load_checkpoint(checkpoint, map_location="cpu")
+    except CorruptCheckpointError as exc:
+        raise EvaluationError(str(exc)) from exc
+    arch: dict[str, Any] = dict(loaded.compat.get("architecture") or {})
+    encoder = load_encoder(str(arch.get("encoder_name") or cfg.model.name), revision=cfg.model.revision,
+                           seed=cfg.seed)
+    model = build_model(
+        encoder, num_outputs=int(arch.get("num_outputs", 1 if cfg.data.input_format == "binary_pairs"
+                                          else len(criteria_names(cfg)))),
+        criteria_head=str(arch.get("criteria_head", cfg.model.criteria_head)),
+        evidence_head=str(arch.get("evidence_head", cfg.model.evidence_head)),
+        pooling=str(arch.get("pooling", cfg.model.pooling)),
+        head_hidden=int(arch.get("head_hidden", cfg.model.head_hidden)), dropout=cfg.model.dropout,
+        coupling=str(arch.get("coupling") or cfg.model.coupling),
+        coupling_method=str(arch.get("coupling_method") or cfg.model.coupling_method),
+        coupling_pooling=str(arch.get("coupling_pooling") or cfg.model.coupling_pooling),
+    )
+    saved_hash = arch.get("state_dict_hash")
+    if saved_hash is not None and architecture_signature(model)["state_dict_hash"] != saved_hash:
+        raise EvaluationError(f"{checkpoint}: the rebuilt model does not match the saved architecture "
+                              f"{arch}; evaluate with the code version that trained it")
+    model.load_state_dict(loaded.model_state, strict=True)
+    model.to(device).eval()
+    return LoadedModel(model=model, tokenizer=encoder.tokenizer, trainer_state=loaded.trainer_state)
+
+
+def _gold_char_spans(post: Post, criterion: str) -> list[tuple[int, int]]:
+    """Annotated char spans of ``criterion`` in ``post`` (located ones, whitespace-trimmed)."""
+    out = []
+    for ev in post.evidence:
+        if ev.symptom != criterion or ev.start < 0:
+            continue
+        start, end = ev.start, ev.end
+        while start < end and post.text[start].isspace():
+            start += 1
+        while end > start and post.text[end - 1].isspace():
+            end -= 1
+        if end > start:
+            out.append((start, end))
+    return out
+
+
+@dataclass
+class Predictions:
+    """A model's outputs on a split: per post ``probs``/``labels`` [N, C]; per slot the rest."""
+
+    post_ids: list[str]
+    criteria: list[str]
+    probs: np.ndarray
+    labels: np.ndarray
+    span_start: np.ndarray
+    span_end: np.ndarray
+    span_margin: np.ndarray
+    gold_start: np.ndarray
+    gold_end: np.ndarray
+    slot_offsets: list[Sequence[tuple[int, int]]] = field(default_factory=list)
+    gold_chars: list[list[tuple[int, int]]] = field(default_factory=list)
+
+    def char_spans(self, start: np.ndarray, end: np.ndarray) -> list[tuple[int, int] | None]:
+        """Token spans of each slot decoded to char spans in the post (None = null span)."""
+        from tune_app.data.encode import decode_span
+
+        return [decode_span(off, int(s), int(e))
+                for off, s, e in zip(self.slot_offsets, start, end, strict=True)]
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, tokenizer: Any, posts: Sequence[Post], cfg: AppConfig,
+            device: torch.device, *, max_span_tokens: int = 64) -> Predictions:
+    """Run ``model`` over ``posts`` (in the given order), encoded as the trial encoded them.
+
+    Criteria probabilities of windows/pairs are aggregated per post by max, like the
+    trainable's validation.
+    """
+    from tune_app.data.encode import collate, encode_posts
+    from tune_app.data.redsm5 import label_vector
+    from tune_app.evaluation.metrics import span_scores
+
+    names = criteria_names(cfg)
+    encoded = encode_posts(
+        posts, tokenizer, input_format=cfg.data.input_format,  # type: ignore[arg-type]
+        max_length=cfg.data.max_length, long_text=cfg.data.long_text,  # type: ignore[arg-type]
+        stride=cfg.data.stride, include_no_symptoms=cfg.data.include_no_symptoms,
+    )
+    n, width = len(posts), len(names)
+    probs = np.zeros((n, width), dtype=np.float64)
+    labels = np.array([label_vector(p, include_no_symptoms=cfg.data.include_no_symptoms) for p in posts],
+                      dtype=np.float64).reshape(n, width)
+    pad_id = int(tokenizer.pad_token_id or 0)
+    starts, ends, margins, gold_s, gold_e = [], [], [], [], []
+    slot_offsets: list[Sequence[tuple[int, int]]] = []
+    gold_chars: list[list[tuple[int, int]]] = []
+    bs = max(1, int(cfg.train.batch_size))
+    for lo in range(0, len(encoded), bs):
+        chunk = encoded[lo:lo + bs]
+        batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+        out = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        p = torch.sigmoid(out.criteria_logits.float()).cpu().numpy()
+        for row, enc in enumerate(chunk):
+            for slot, j in enumerate(enc.criterion_ids):
+                probs[enc.post_index, j] = max(probs[enc.post_index, j], float(p[row, slot]))
+                slot_offsets.append(enc.offsets)
+                gold_chars.append(_gold_char_spans(posts[enc.post_index], names[j]))
+            gold_s.extend(enc.evidence_start)
+            gold_e.extend(enc.evidence_end)
+        s, e, m, _ = span_scores(out.start_logits.float(), out.end_logits.float(), max_span_tokens)
+        starts.append(s.cpu().numpy().reshape(-1))
+        ends.append(e.cpu().numpy().reshape(-1))
+        margins.append(m.double().cpu().numpy().reshape(-1))
+
+    def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+    return Predictions(
+        post_ids=[p.post_id for p in posts], criteria=names, probs=probs, labels=labels,
+        span_start=cat(starts, np.int64), span_end=cat(ends, np.int64),
+        span_margin=cat(margins, np.float64), gold_start=np.asarray(gold_s, dtype=np.int64),
+        gold_end=np.asarray(gold_e, dtype=np.int64), slot_offsets=slot_offsets, gold_chars=gold_chars,
+    )
+
+
+def load_split_posts(study_dir: Path, cfg: AppConfig, split: str) -> list[Post]:
+    """The posts of ``split`` (``validation`` or ``test``) of a study, sorted by post id."""
+    from tune_app.data.redsm5 import load_splits
+    from tune_app.study import SPLITS_FILE, load_posts_for
+
+    ids = load_splits(study_dir / SPLITS_FILE)
+    if split not in ("validation", "test"):
+        raise EvaluationError(f"split must be 'validation' or 'test', got {split!r}")
+    wanted = sorted(ids[split])
+    by_id = {p.post_id: p for p in load_posts_for(cfg, only_post_ids=set(wanted)).posts}
+    return [by_id[i] for i in wanted]
