@@ -52,6 +52,9 @@ def apply_params(cfg: AppConfig, params: dict[str, Any]) -> AppConfig:
     """
     out = copy.deepcopy(cfg)
     for key, value in sorted(params.items()):
+        if key == "seed":
+            out.seed = int(value)
+            continue
         section, _, name = key.partition(".")
         target = getattr(out, section, None) if name else None
         if target is None or not hasattr(target, name):
@@ -138,32 +141,16 @@ def class_weights(split: SplitData, cfg: AppConfig, device: torch.device) -> tor
     return pos_weight_from_labels(labels).to(device)
 
 
-def train_one_epoch(model: torch.nn.Module, split: SplitData, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, cfg: AppConfig, device: torch.device,
-                    pos_weight: torch.Tensor | None = None) -> float:
-    from tune_app.models.losses import joint_loss
-
-    model.train()
-    total, batches = 0.0, 0
-    for batch in split.loader:
-        batch = _to_device(batch, device)
-        out = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        loss, _ = joint_loss(out, batch, evidence_weight=cfg.train.evidence_weight,
-                             criteria_loss=cfg.train.criteria_loss, pos_weight=pos_weight,
-                             label_smoothing=cfg.train.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        total += float(loss.detach())
-        batches += 1
-    return total / max(batches, 1)
+def loss_settings(cfg: AppConfig, pos_weight: torch.Tensor | None) -> dict[str, Any]:
+    """Keyword arguments of ``joint_loss`` for this config (training and validation alike)."""
+    t = cfg.train
+    return {"evidence_weight": t.evidence_weight, "criteria_loss": t.criteria_loss, "pos_weight": pos_weight,
+            "label_smoothing": t.label_smoothing, "focal_gamma": t.focal_gamma, "hybrid_alpha": t.hybrid_alpha}
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: SplitData, cfg: AppConfig, device: torch.device,
-             prefix: str = "val_", pos_weight: torch.Tensor | None = None) -> dict[str, float]:
+             loss_kwargs: dict[str, Any], prefix: str = "val_") -> dict[str, float]:
     """Loss and metrics of ``split``; window/pair predictions are aggregated per post."""
     from tune_app.evaluation.metrics import SplitOutputs, best_spans, split_metrics
     from tune_app.models.losses import joint_loss
@@ -177,8 +164,7 @@ def evaluate(model: torch.nn.Module, split: SplitData, cfg: AppConfig, device: t
     for batch in split.loader:
         batch = _to_device(batch, device)
         out = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        loss, _ = joint_loss(out, batch, evidence_weight=cfg.train.evidence_weight,
-                             criteria_loss=cfg.train.criteria_loss, pos_weight=pos_weight)
+        loss, _ = joint_loss(out, batch, **loss_kwargs)
         total += float(loss)
         batches += 1
         p = torch.sigmoid(out.criteria_logits.float()).cpu().numpy()
@@ -243,6 +229,26 @@ def _previous_starts(trial_dir: Path) -> list[dict[str, Any]]:
 # --- the trainable --------------------------------------------------------------------
 def train_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
     """Ray Tune function trainable: train one sampled config, report every epoch."""
+    from tune_app.tracking.jsonlog import setup_trial_logging
+
+    started = time.monotonic()
+    cfg = apply_params(config_mod.from_dict(app_config), params)
+    ctx = tune.get_context()
+    storage = ctx.get_storage()
+    trial_dir = Path(storage.trial_fs_path)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    log_session = setup_trial_logging(trial_dir, study_id=cfg.tune.name, trial_id=ctx.get_trial_id(),
+                                      max_bytes=cfg.tracking.log_max_bytes,
+                                      backup_count=cfg.tracking.log_backup_count)
+    try:
+        _train(cfg, params, ctx, storage, trial_dir)
+    finally:
+        log_session.close()
+    logger.info("trial %s done in %.1f s", ctx.get_trial_id(), time.monotonic() - started)
+
+
+def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial_dir: Path) -> None:
+    """The body of ``train_trial`` (inside the trial's log session)."""
     from tune_app.checkpoints.preflight import preflight
     from tune_app.checkpoints.store import (
         capture_rng_state,
@@ -254,16 +260,19 @@ def train_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
         save_checkpoint,
     )
     from tune_app.data.redsm5 import load_splits
+    from tune_app.evaluation.report import write_trial_report
     from tune_app.models.dual_head import build_model
     from tune_app.models.encoders import load_encoder
+    from tune_app.tracking.progress import log_epoch_progress
+    from tune_app.training import (
+        build_optimizer,
+        build_scheduler,
+        make_grad_scaler,
+        optimizer_steps,
+        train_one_epoch,
+    )
 
-    started = time.monotonic()
-    cfg = apply_params(config_mod.from_dict(app_config), params)
     study_dir = cfg.study_dir
-    ctx = tune.get_context()
-    storage = ctx.get_storage()
-    trial_dir = Path(storage.trial_fs_path)
-    trial_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(trial_dir / TRIAL_CONFIG, cfg.to_yaml())
     seed = cfg.seed
     seed_everything(seed, deterministic=cfg.train.deterministic)
@@ -285,14 +294,16 @@ def train_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
                         coupling_pooling=cfg.model.coupling_pooling, seed=seed).to(device)
     train = build_split(train_posts, encoder.tokenizer, cfg, shuffle=True, seed=seed)
     val = build_split(val_posts, encoder.tokenizer, cfg, shuffle=False, seed=seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    total_steps = max(1, len(train.loader) * cfg.tune.max_epochs)
-    warmup = int(cfg.train.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup)) * max(0.0, (total_steps - step) / total_steps)
-    )
+    t = cfg.train
+    optimizer = build_optimizer(model, name=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
+                                layerwise_lr_decay=t.layerwise_lr_decay, head_lr_multiplier=t.head_lr_multiplier)
+    steps_per_epoch = optimizer_steps(len(train.loader), t.grad_accumulation_steps)
+    scheduler = build_scheduler(optimizer, name=t.scheduler, warmup_ratio=t.warmup_ratio,
+                                total_steps=steps_per_epoch * cfg.tune.max_epochs)
+    scaler = make_grad_scaler(device, t.mixed_precision)
     compat = compat_metadata(model, cfg)
     pos_weight = class_weights(train, cfg, device)
+    loss_kwargs = loss_settings(cfg, pos_weight)
 
     # Resume: Tune's checkpoint is preferred; a corrupt one falls back to an older valid one.
     state = TrialState()
@@ -327,14 +338,21 @@ def train_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
     projected = estimate_checkpoint_bytes(model, optimizer)
     preflight(study_dir, projected_checkpoint_bytes=projected, reclaimable_bytes=0)
 
+    epoch_times: list[float] = []
     for epoch in range(start_epoch, cfg.tune.max_epochs + 1):
         assert train.loader.generator is not None
         train.loader.generator.manual_seed(seed * 100_003 + epoch)
         epoch_start = time.monotonic()
-        train_loss = train_one_epoch(model, train, optimizer, scheduler, cfg, device, pos_weight)
+        train_loss = train_one_epoch(
+            model, train.loader, optimizer, scheduler, loss_kwargs=loss_kwargs, device=device,
+            grad_accumulation_steps=t.grad_accumulation_steps, fgm_epsilon=t.fgm_epsilon,
+            mixed_precision=t.mixed_precision, max_grad_norm=t.max_grad_norm, scaler=scaler)
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss,
-                                   **evaluate(model, val, cfg, device, pos_weight=pos_weight)}
+                                   **evaluate(model, val, cfg, device, loss_kwargs=loss_kwargs)}
         metrics["epoch_time_s"] = time.monotonic() - epoch_start
+        epoch_times.append(metrics["epoch_time_s"])
+        log_epoch_progress(epoch, cfg.tune.max_epochs, trial_id=ctx.get_trial_id(), metrics=metrics,
+                           metric=cfg.tune.metric, epoch_times=epoch_times, study_dir=study_dir)
         state.history.append(dict(metrics))
         state.status = "completed" if epoch == cfg.tune.max_epochs else "running"
 
@@ -345,7 +363,7 @@ def train_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
             model_state=model.state_dict(),
             optimizer_state=optimizer.state_dict(),
             scheduler_state=scheduler.state_dict(),
-            trainer_state={"epoch": epoch, "step": epoch * len(train.loader), "metrics": metrics,
+            trainer_state={"epoch": epoch, "step": epoch * steps_per_epoch, "metrics": metrics,
                            "history": state.history, "params": params, "seed": seed,
                            "metric": cfg.tune.metric},
             compat=compat,
@@ -353,10 +371,11 @@ def train_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
         )
         write_json_atomic(trial_dir / TRIAL_STATE, {"status": state.status, "epoch": epoch, "seed": seed,
                                                     "history": state.history, "starts": starts})
+        write_trial_report(trial_dir, trial_id=ctx.get_trial_id(), metric=cfg.tune.metric,
+                           mode=cfg.tune.mode, params=params)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(staging)))
 
     if start_epoch > cfg.tune.max_epochs and state.history:
         # Restarted after its last epoch (e.g. killed before Tune recorded the end):
         # report the final result again; MLflow skips the step it already holds.
         tune.report(dict(state.history[-1]))
-    logger.info("trial %s done in %.1f s", ctx.get_trial_id(), time.monotonic() - started)
