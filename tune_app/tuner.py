@@ -59,21 +59,28 @@ def make_trainable(cfg: AppConfig) -> Any:
 
 
 def make_callbacks(cfg: AppConfig) -> list[Any]:
+    """Retention, storage pressure, MLflow (outage-tolerant) and study progress."""
     from tune_app.callbacks import RetentionCallback, StoragePressureCallback
     from tune_app.study import code_version
     from tune_app.tracking.mlflow_callback import ResumableMLflowLoggerCallback
+    from tune_app.tracking.progress import ProgressCallback
 
     retention = RetentionCallback.from_config(cfg)
+    mlflow_cb = ResumableMLflowLoggerCallback(
+        tracking_uri=cfg.tracking_uri,
+        experiment_name=cfg.experiment_name,
+        study_name=cfg.tune.name,
+        study_dir=cfg.study_dir,
+        buffer_warn_mb=cfg.tracking.buffer_warn_mb,
+        extra_tags={"tune_app.seed": str(cfg.seed), "tune_app.model": cfg.model.name,
+                    "tune_app.dataset": cfg.data.name, **{f"tune_app.{k}": v for k, v in code_version().items()}},
+    )
     return [
         retention,
         StoragePressureCallback.from_config(cfg, retention),
-        ResumableMLflowLoggerCallback(
-            tracking_uri=cfg.tracking_uri,
-            experiment_name=cfg.experiment_name,
-            study_name=cfg.tune.name,
-            extra_tags={"tune_app.seed": str(cfg.seed), "tune_app.model": cfg.model.name,
-                        "tune_app.dataset": cfg.data.name, **{f"tune_app.{k}": v for k, v in code_version().items()}},
-        ),
+        mlflow_cb,
+        ProgressCallback(num_samples=cfg.tune.num_samples, metric=cfg.tune.metric, mode=cfg.tune.mode,
+                         study_dir=cfg.study_dir, mlflow_callback=mlflow_cb),
     ]
 
 
@@ -85,7 +92,7 @@ def _ray_init(cfg: AppConfig) -> None:
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     ray.init(
         include_dashboard=cfg.tune.include_dashboard,
-        dashboard_host="127.0.0.1",
+        dashboard_host=os.environ.get("TUNE_APP_DASHBOARD_HOST", "127.0.0.1"),
         configure_logging=True,
         logging_level=logging.WARNING,
         log_to_driver=True,
