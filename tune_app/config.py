@@ -317,6 +317,13 @@ def validate(cfg: AppConfig) -> None:
     _choice("train.mixed_precision", cfg.train.mixed_precision, ("auto", "off"))
     _choice("augment.method", cfg.augment.method, ("synonym", "insert", "swap", "char_perturb", "back_translation"))
     _fraction("augment.probability", cfg.augment.probability, 0.0, 0.5)
+    if cfg.augment.enabled:
+        from tune_app.data.augment import check_method_available
+
+        try:
+            check_method_available(cfg.augment.method)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     _choice("evaluation.threshold_strategy", cfg.evaluation.threshold_strategy, ("per_criterion", "global"))
     _fraction("model.dropout", cfg.model.dropout, 0.0, 0.9)
     _positive_int("model.head_hidden", cfg.model.head_hidden)

@@ -284,6 +284,15 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     posts = {p.post_id: p for p in load_posts_for(cfg, only_post_ids=wanted).posts}
     train_posts = [posts[i] for i in sorted(split_ids["train"])]
     val_posts = [posts[i] for i in sorted(split_ids["validation"])]
+    if cfg.augment.enabled and cfg.augment.probability > 0:
+        # Training split only; deterministic under the trial seed, so a resumed trial
+        # rebuilds the same data.
+        from tune_app.data.augment import augment_posts, summarise, write_records
+
+        train_posts, records = augment_posts(train_posts, method=cfg.augment.method,
+                                             probability=cfg.augment.probability, seed=seed)
+        write_records(trial_dir / "augmentation.jsonl", records)
+        logger.info("augmentation: %s", summarise(records, len(train_posts)))
 
     encoder = load_encoder(cfg.model.name, revision=cfg.model.revision, seed=seed,
                            gradient_checkpointing=cfg.model.gradient_checkpointing)
