@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pickle
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,6 @@ from tune_app.training.loop import train_one_epoch
 from tune_app.training.optim import build_optimizer, build_scheduler, optimizer_steps
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def sample(n: int, seed: int, model: str = "tiny", sampler: Any = None) -> list[dict[str, Any]]:

@@ -46,9 +46,13 @@ def test_study_end_evaluates_the_best_checkpoints_on_test_once(study: tuple[Path
     assert rc == 0, tail(log)
     report = json.loads((study_dir / "evaluation_report.json").read_text())
     assert errors(report, "study_report") == [] and report["source"] == "on_finish"
-    live = sorted(f"{c.parent.name}/{c.name}" for t in trial_dirs(study_dir)
-                  for c in t.glob("checkpoint_*") if not (c / "PRUNED").exists())
-    assert sorted(c["path"] for c in report["evaluated_checkpoints"]) == live
+    evaluated = sorted(c["path"] for c in report["evaluated_checkpoints"])
+    (best_trial,) = {p.split("/")[0] for p in evaluated}  # one trial: the best one
+    # every live (co-best) checkpoint of that trial; another trial tied at the same
+    # score keeps its checkpoint too, but only the best trial is evaluated
+    live = sorted(f"{c.parent.name}/{c.name}" for c in (study_dir / best_trial).glob("checkpoint_*")
+                  if not (c / "PRUNED").exists())
+    assert evaluated == live
     best = max(h["val_macro_f1"] for t in trial_dirs(study_dir)
                for h in json.loads((t / "trial_state.json").read_text())["history"])
     assert report["best_validation_score"] == pytest.approx(best)

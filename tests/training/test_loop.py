@@ -3,7 +3,6 @@ FGM, sentence_spans pass-through, mixed-precision settings."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,6 @@ from tune_app.training.loop import autocast_dtype, make_grad_scaler, train_one_e
 from tune_app.training.optim import build_optimizer, build_scheduler, optimizer_steps
 
 LOSS = {"evidence_weight": 0.5, "criteria_loss": "bce"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
