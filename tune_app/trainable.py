@@ -13,6 +13,7 @@ previous valid checkpoint of the trial (see ``checkpoints.store``).
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -249,7 +250,7 @@ def train_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
 
 def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial_dir: Path) -> None:
     """The body of ``train_trial`` (inside the trial's log session)."""
-    from tune_app.checkpoints.preflight import preflight
+    from tune_app.checkpoints.guard import ensure_room, save_epoch_checkpoint, study_reclaimer
     from tune_app.checkpoints.store import (
         capture_rng_state,
         check_compat,
@@ -257,7 +258,6 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
         find_resumable_checkpoint,
         load_checkpoint,
         restore_rng_state,
-        save_checkpoint,
     )
     from tune_app.data.redsm5 import load_splits
     from tune_app.evaluation.report import write_trial_report
@@ -345,7 +345,9 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
                                                 "history": state.history, "starts": starts})
     staging = Path(tempfile.mkdtemp(prefix="tune_app-empty-"))  # reported: Tune copies nothing
     projected = estimate_checkpoint_bytes(model, optimizer)
-    preflight(study_dir, projected_checkpoint_bytes=projected, reclaimable_bytes=0)
+    # Not enough room even after keeping only the study's single best: stop before training.
+    reclaim = study_reclaimer(study_dir, metric=cfg.tune.metric, mode=cfg.tune.mode)
+    ensure_room(study_dir, projected, reclaim)
 
     epoch_times: list[float] = []
     for epoch in range(start_epoch, cfg.tune.max_epochs + 1):
@@ -366,9 +368,17 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
         state.status = "completed" if epoch == cfg.tune.max_epochs else "running"
 
         target = next_checkpoint_dir(storage)
-        preflight(study_dir, projected_checkpoint_bytes=projected, reclaimable_bytes=0)
-        save_checkpoint(
-            target,
+
+        def write_state(status: str, epoch: int = epoch) -> None:
+            write_json_atomic(trial_dir / TRIAL_STATE, {"status": status, "epoch": epoch, "seed": seed,
+                                                        "history": state.history, "starts": starts})
+
+        # The epoch's metrics reach trial_state.json before the save and Tune/MLflow even
+        # when the save is refused (disk full): a failed save never loses a metric.
+        save_epoch_checkpoint(
+            target, study_dir, projected_bytes=projected, reclaim=reclaim,
+            before_save=lambda: write_state("running"),
+            on_failure=functools.partial(tune.report, dict(metrics)),
             model_state=model.state_dict(),
             optimizer_state=optimizer.state_dict(),
             scheduler_state=scheduler.state_dict(),
@@ -378,8 +388,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
             compat=compat,
             rng_state=capture_rng_state(),
         )
-        write_json_atomic(trial_dir / TRIAL_STATE, {"status": state.status, "epoch": epoch, "seed": seed,
-                                                    "history": state.history, "starts": starts})
+        write_state(state.status)
         write_trial_report(trial_dir, trial_id=ctx.get_trial_id(), metric=cfg.tune.metric,
                            mode=cfg.tune.mode, params=params)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(staging)))

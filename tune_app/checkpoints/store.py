@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from tune_app.checkpoints import failpoints
+
 __all__ = [
     "CHECKPOINT_DIR_RE",
     "FORMAT_VERSION",
@@ -584,6 +586,7 @@ def save_checkpoint(
             files: dict[str, FileDigest] = {
                 MODEL_FILE: _write_safetensors(tmp / MODEL_FILE, model_tensors, hasher)
             }
+            failpoints.pause("save")
             if optimizer_state is not None or scheduler_state is not None:
                 files[OPTIMIZER_FILE] = _write_safetensors(
                     tmp / OPTIMIZER_FILE, opt_enc.tensors, hasher
@@ -1043,7 +1046,9 @@ def prune_checkpoint(path: Path, *, reason: str) -> int:
         _fsync_dir(path)
         _fsync_dir(path.parent)
     freed = 0
-    for entry in leftovers:
+    for i, entry in enumerate(leftovers):
+        if i == 1:
+            failpoints.pause("prune")
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:

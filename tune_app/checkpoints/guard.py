@@ -1,0 +1,192 @@
+"""Guarded epoch save for the trainable: preflight, reclaim, save, disk-full -> one error.
+
+``save_epoch_checkpoint`` is what the trainable calls instead of ``preflight`` +
+``save_checkpoint``:
+
+1. preflight (free space >= projected checkpoint + margin);
+2. if short and a ``reclaim`` callable is given, call it (storage-pressure step 3:
+   keep only the study's single best + resume points, see :func:`study_reclaimer`)
+   and check again;
+3. still short: :class:`InsufficientStorageError` with the actionable preflight
+   message (usage, free space, projected size, largest artifacts, fixes), before
+   any byte is written;
+4. ``save_checkpoint``; a real disk-full (``CheckpointWriteError`` with ``ENOSPC``
+   or ``EDQUOT``) becomes the same actionable :class:`InsufficientStorageError`
+   (the store already removed its temp folder: nothing partial is visible).
+
+Metrics are never lost: ``before_save`` (the trainable writes ``trial_state.json``
+with this epoch in its history) runs first, and on any failure ``on_failure`` (the
+trainable passes ``partial(tune.report, metrics)``) still sends the epoch to Tune and
+MLflow before the error propagates and the trial ends in ERROR.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+from tune_app.checkpoints.cleanup_scan import TRIAL_STATE_FILE
+from tune_app.checkpoints.preflight import (
+    InsufficientStorageError,
+    human_bytes,
+    largest_artifacts,
+    preflight,
+)
+from tune_app.checkpoints.retention import CheckpointRecord, Mode, plan_single_best
+from tune_app.checkpoints.store import (
+    STATE_FILE,
+    SavedCheckpoint,
+    checkpoint_index,
+    dir_nbytes,
+    is_tombstone,
+    prune_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
+
+__all__ = ["DISK_FULL_ERRNOS", "ensure_room", "save_epoch_checkpoint", "study_reclaimer"]
+
+logger = logging.getLogger(__name__)
+
+#: errno values that mean "the filesystem is full" (bytes, inodes or quota).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _disk_full_message(study_dir: Path, target: Path, projected_bytes: int, exc: OSError) -> str:
+    """What happened on a failed write, with the same facts and fixes as the preflight message."""
+    lines = [f"Disk full while saving checkpoint {target.name} of {target.parent.name} "
+             f"({os.strerror(exc.errno or errno.ENOSPC)}: {getattr(exc, 'filename', None) or target}); "
+             "no partial checkpoint was left and this epoch's metrics were kept (trial_state.json, MLflow)."]
+    with contextlib.suppress(OSError):
+        usage = shutil.disk_usage(study_dir)
+        st = os.statvfs(study_dir)
+        lines += [f"  study directory uses:       {human_bytes(dir_nbytes(study_dir))}",
+                  f"  free on its filesystem:     {human_bytes(usage.free)} of {human_bytes(usage.total)}, "
+                  f"{st.f_favail} of {st.f_files} inodes free"]
+    lines.append(f"  projected checkpoint size:  {human_bytes(projected_bytes)}")
+    artifacts = largest_artifacts(study_dir) if study_dir.exists() else []
+    lines.append("Largest artifacts under the study directory:")
+    lines += [f"  {human_bytes(size):>10}  {path}" for path, size in artifacts] or ["  (none)"]
+    lines += [
+        "Fixes (any one), then resume the study:",
+        f"  - free space: python -m tune_app.cleanup --study {study_dir} --execute",
+        "  - keep fewer checkpoints: retention=minimal",
+        "  - put the study on a bigger disk: tune.storage_path=<bigger disk>",
+        "  - use a smaller model: model=<smaller>",
+    ]
+    return "\n".join(lines)
+
+
+def ensure_room(study_dir: Path, projected_bytes: int, reclaim: Callable[[], int] | None = None, *,
+                safety_margin_bytes: int = 64 << 20) -> None:
+    """Preflight; when short, ``reclaim()`` (storage-pressure step 3) and check again.
+
+    Raises:
+        InsufficientStorageError: still short; nothing has been written.
+    """
+    try:
+        preflight(study_dir, projected_checkpoint_bytes=projected_bytes, reclaimable_bytes=0,
+                  safety_margin_bytes=safety_margin_bytes)
+    except InsufficientStorageError:
+        if reclaim is None:
+            raise
+        freed = reclaim()
+        logger.warning("storage pressure before a save in %s: freed %s by keeping only the single best "
+                       "checkpoint of the study", study_dir, human_bytes(freed))
+        preflight(study_dir, projected_checkpoint_bytes=projected_bytes, reclaimable_bytes=0,
+                  safety_margin_bytes=safety_margin_bytes)
+
+
+def save_epoch_checkpoint(
+    target: Path,
+    study_dir: Path,
+    *,
+    projected_bytes: int,
+    reclaim: Callable[[], int] | None = None,
+    before_save: Callable[[], object] | None = None,
+    on_failure: Callable[[], object] | None = None,
+    safety_margin_bytes: int = 64 << 20,
+    **save_kwargs: Any,
+) -> SavedCheckpoint:
+    """``before_save()`` (the trainable's metrics), :func:`ensure_room`, then ``save_checkpoint``.
+
+    ``save_kwargs`` go to :func:`~tune_app.checkpoints.store.save_checkpoint`. A disk-
+    full ``OSError`` (ENOSPC/EDQUOT) from ``before_save`` or the save becomes the
+    actionable error; ``on_failure()`` runs before any error propagates.
+
+    Raises:
+        InsufficientStorageError: not enough room even after ``reclaim``, or a write hit
+            ENOSPC/EDQUOT (no partial checkpoint is left visible).
+    """
+    target, study_dir = Path(target), Path(study_dir)
+    try:
+        try:
+            if before_save is not None:
+                before_save()
+            ensure_room(study_dir, projected_bytes, reclaim, safety_margin_bytes=safety_margin_bytes)
+            return save_checkpoint(target, **save_kwargs)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL_ERRNOS:
+                raise
+            raise InsufficientStorageError(_disk_full_message(study_dir, target, projected_bytes, exc)) from exc
+    except BaseException:
+        if on_failure is not None:
+            try:
+                on_failure()
+            except Exception:  # noqa: BLE001 - the original error is what the user must see
+                logger.exception("could not report the metrics of the failed epoch")
+        raise
+
+
+def _finished(trial_dir: Path) -> bool:
+    try:
+        return bool(json.loads((trial_dir / TRIAL_STATE_FILE).read_text()).get("status") == "completed")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _score(ckpt: Path, metric: str) -> float | None:
+    try:
+        value = json.loads((ckpt / STATE_FILE).read_text())["trainer_state"]["metrics"][metric]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def study_records(study_dir: Path, metric: str) -> list[CheckpointRecord]:
+    """Valid (non-tombstone, size+manifest verified) checkpoints of a study, as retention records."""
+    records: list[CheckpointRecord] = []
+    for trial_dir in sorted(p for p in Path(study_dir).iterdir() if p.is_dir()):
+        finished = _finished(trial_dir)
+        for ckpt in sorted(trial_dir.iterdir()):
+            index = checkpoint_index(ckpt)
+            if index is None or not ckpt.is_dir() or is_tombstone(ckpt):
+                continue
+            if not verify_checkpoint(ckpt, check_hashes=False).ok:
+                continue
+            records.append(CheckpointRecord(trial_dir.name, str(ckpt), index, _score(ckpt, metric),
+                                            dir_nbytes(ckpt), finished))
+    return records
+
+
+def study_reclaimer(study_dir: Path, *, metric: str, mode: str) -> Callable[[], int]:
+    """A ``reclaim`` for :func:`save_epoch_checkpoint`: storage-pressure step 3 done in place.
+
+    Keeps the study's single best checkpoint and every running trial's newest one
+    (resume points); the rest become tombstones. Returns bytes freed.
+    """
+    study = Path(study_dir)
+
+    def reclaim() -> int:
+        plan = plan_single_best(study_records(study, metric), cast(Mode, mode))
+        return sum(prune_checkpoint(Path(p), reason="storage pressure (before save): single best kept")
+                   for p in sorted(plan.delete))
+
+    return reclaim
