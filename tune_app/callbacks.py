@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +33,23 @@ from tune_app.checkpoints.retention import (
     escalate,
     plan_retention,
     plan_single_best,
+    protected_paths,
 )
 from tune_app.checkpoints.store import dir_nbytes, is_tombstone, prune_checkpoint
 from tune_app.config import AppConfig
 
 logger = logging.getLogger(__name__)
+
+#: MLflow tag on the trial's run holding the storage-pressure step reached (1..3).
+PRESSURE_TAG = "tune_app.storage_pressure_step"
+#: ``<study>/storage_pressure.jsonl``: one JSON line {step, time, trial_id, free_fraction} per escalation.
+#: Not ``study.json``: on restore Tune copies the study folder's top-level ``*.json``/``*.pkl`` into its
+#: staging folder and copies them back at every state sync, so a later write to ``study.json`` by the
+#: driver would be overwritten by the stale copy (``.jsonl`` is not synced).
+PRESSURE_FILE = "storage_pressure.jsonl"
+STEP_ACTIONS = {1: "prune the running trial's unprotected checkpoints",
+                2: "later trials keep best 1, last 0",
+                3: "keep only the single best checkpoint of the study"}
 
 
 def _checkpoint_index(path: Path) -> int:
@@ -144,11 +160,23 @@ class RetentionCallback(Callback):
 
 
 class StoragePressureCallback(Callback):
-    """Watches free disk space and escalates retention while it is critical."""
+    """Watches free disk space and escalates retention while it is critical.
+
+    A check runs after every trial result (i.e. before the trial's next save) and
+    at every trial start. While the monitor is critical (free below
+    ``warn_free_fraction``) each check escalates one step (max 3): 1 prunes the
+    running trial's unprotected checkpoints, 2 switches to ``keep_best_k=1,
+    keep_last_n=0``, 3 keeps only the study's single best (plus resume points).
+    Each step is logged (WARNING), tagged on the trial's MLflow run
+    (``tune_app.storage_pressure_step``) and appended to ``<study>/storage_pressure.jsonl``
+    (step, time, trial, free fraction); that record is read back at setup, so a
+    restored study stays at the step it had reached.
+    ``disk_usage`` is injectable (tests); it defaults to ``shutil.disk_usage``.
+    """
 
     def __init__(self, study_dir: Path, retention: RetentionCallback, *, interval_s: float,
                  warn_free_fraction: float, error_free_fraction: float, tracking_uri: str,
-                 experiment_name: str) -> None:
+                 experiment_name: str, disk_usage: Callable[[Any], Any] = shutil.disk_usage) -> None:
         self.study_dir = Path(study_dir)
         self.retention = retention
         self.interval_s = interval_s
@@ -156,7 +184,9 @@ class StoragePressureCallback(Callback):
         self.error_free_fraction = error_free_fraction
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
+        self.disk_usage = disk_usage
         self._monitor: Any = None
+        self._tagged: set[str] = set()
 
     @classmethod
     def from_config(cls, cfg: AppConfig, retention: RetentionCallback) -> StoragePressureCallback:
@@ -168,20 +198,30 @@ class StoragePressureCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_monitor"] = None
+        state["_tagged"] = set()
         return state
 
     def setup(self, **info: Any) -> None:  # type: ignore[override]
         from tune_app.checkpoints.monitor import StorageMonitor
 
         self.study_dir.mkdir(parents=True, exist_ok=True)
+        recorded = [int(e.get("step", 0)) for e in read_pressure_record(self.study_dir)]
+        if recorded and max(recorded) > self.retention.pressure_step:
+            self.retention.pressure_step = min(max(recorded), 3)
+            logger.warning("storage pressure: continuing at step %d recorded in %s",
+                           self.retention.pressure_step, self.study_dir / PRESSURE_FILE)
         self._monitor = StorageMonitor(self.study_dir, interval_s=self.interval_s,
                                        warn_free_fraction=self.warn_free_fraction,
-                                       error_free_fraction=self.error_free_fraction)
+                                       error_free_fraction=self.error_free_fraction,
+                                       disk_usage=self.disk_usage)
         self._monitor.start()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self._monitor is not None:
             self._monitor.stop()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.check(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.check(trial)
@@ -190,19 +230,52 @@ class StoragePressureCallback(Callback):
         """Escalate one step if free space is critical now; returns the current step."""
         if self._monitor is None:
             return self.retention.pressure_step
-        self._monitor.check_now()
-        if not self._monitor.critical:
-            return self.retention.pressure_step
-        if self.retention.pressure_step < 3:
+        status = self._monitor.check_now()
+        if self._monitor.critical and self.retention.pressure_step < 3:
+            # Send MLflow operations buffered on disk before freeing space, so the
+            # buffer does not grow while the disk is short.
+            from tune_app.tracking.buffer import flush_all
+
+            flush_all(timeout_s=10)
             self.retention.pressure_step += 1
             step = self.retention.pressure_step
-            logger.warning("storage pressure: escalating retention to step %d (%s)", step,
-                           {1: "prune the running trial's unprotected checkpoints",
-                            2: "later trials keep best 1, last 0",
-                            3: "keep only the single best checkpoint of the study"}[step])
+            logger.warning("storage pressure: %.1f%% free, escalating retention to step %d (%s)",
+                           100 * status.free_fraction, step, STEP_ACTIONS[step])
+            self._record(trial, step, status.free_fraction)
             self._tag(trial, step)
+        elif self.retention.pressure_step and trial is not None and trial.trial_id not in self._tagged:
+            self._tag(trial, self.retention.pressure_step)  # a later trial running under pressure
+        if not self._monitor.critical:
+            return self.retention.pressure_step
+        if self.retention.pressure_step == 1 and trial is not None:
+            self._prune_trial_unprotected(trial)
         self.retention.apply()
         return self.retention.pressure_step
+
+    def _prune_trial_unprotected(self, trial: Any) -> int:
+        """Step 1: the running trial keeps only protected checkpoints (study best, resume point)."""
+        key = self.retention._trial_key(trial)
+        records = list(self.retention.records.values())
+        keep = protected_paths(records, self.retention.policy, mode=self.retention.mode)  # type: ignore[arg-type]
+        freed = 0
+        for rec in records:
+            if rec.trial_id == key and rec.path not in keep:
+                freed += prune_checkpoint(Path(rec.path), reason="storage pressure step 1: unprotected")
+                self.retention.records.pop(rec.path, None)
+        if freed:
+            logger.warning("storage pressure step 1: pruned %.1f MB of trial %s", freed / 1e6, key)
+        return freed
+
+    def _record(self, trial: Any | None, step: int, free_fraction: float) -> None:
+        entry = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                 "trial_id": getattr(trial, "trial_id", None), "free_fraction": round(free_fraction, 6)}
+        try:
+            with (self.study_dir / PRESSURE_FILE).open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:  # a full disk must not stop the escalation itself
+            logger.warning("could not record the storage-pressure step in %s: %s", PRESSURE_FILE, exc)
 
     def _tag(self, trial: Any | None, step: int) -> None:
         try:
@@ -218,6 +291,25 @@ class StoragePressureCallback(Callback):
             if trial is not None:
                 query += f" and tags.`{TRIAL_ID_TAG}` = '{trial.trial_id}'"
             for run in client.search_runs([exp.experiment_id], filter_string=query, max_results=1):
-                client.set_tag(run.info.run_id, "tune_app.storage_pressure_step", str(step))
+                client.set_tag(run.info.run_id, PRESSURE_TAG, str(step))
+                if trial is not None:
+                    self._tagged.add(trial.trial_id)
         except Exception as exc:  # noqa: BLE001 - tracking must never stop training
             logger.warning("could not record the storage-pressure step in MLflow: %s", exc)
+
+
+def read_pressure_record(study_dir: Path) -> list[dict[str, Any]]:
+    """The escalations recorded in ``<study>/storage_pressure.jsonl`` (a torn last line is skipped)."""
+    try:
+        lines = (Path(study_dir) / PRESSURE_FILE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
