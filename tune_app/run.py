@@ -11,11 +11,13 @@ Exit codes: 0 study complete (or nothing left to run), 1 trials failed,
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 
 from tune_app.errors import KNOWN_ERRORS, format_error
-from tune_app.logs import setup_logging
+from tune_app.logs import setup_logging, setup_study_logging
+from tune_app.tracking.sanitize import sanitize
 
 logger = logging.getLogger("tune_app.run")
 
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except KNOWN_ERRORS as exc:
-        print(format_error(exc), file=sys.stderr)
+        print(sanitize(format_error(exc)), file=sys.stderr)
         return 2
 
 
@@ -79,6 +81,8 @@ def _run(args: list[str]) -> int:
     from tune_app.tuner import run_study
 
     meta = prepare_study(cfg)
+    setup_study_logging(cfg.study_dir, study_id=cfg.tune.name, max_bytes=cfg.tracking.log_max_bytes,
+                        backup_count=cfg.tracking.log_backup_count)
     logger.info("study %s: %d trials x %d epochs, model=%s, data=%s (%s), splits %s",
                 cfg.study_dir, cfg.tune.num_samples, cfg.tune.max_epochs, cfg.model.name,
                 cfg.data.name, meta["dataset_revision"], meta["split_sizes"])
@@ -93,13 +97,32 @@ def _resume(cfg: object) -> int:
     if not can_restore(cfg.study_dir):
         raise ConfigError(f"resume={cfg.study_dir}: Tune has no saved state there (the study never "
                           "started). Start it again with the same overrides instead.")
+    setup_study_logging(cfg.study_dir, study_id=cfg.tune.name, max_bytes=cfg.tracking.log_max_bytes,
+                        backup_count=cfg.tracking.log_backup_count)
     status = study_status(cfg)
     if status.complete:
         print(f"Study {cfg.study_dir} is already complete: {status.terminated}/{status.num_samples} "
               f"trials finished (best {cfg.tune.metric} {status.best_score}). Nothing was re-run.")
-        return 0
+        return _evaluate_on_finish(cfg.study_dir)
     logger.info("resuming %s: %d/%d trials finished", cfg.study_dir, status.terminated, status.num_samples)
     return _report(run_study(cfg, resume=True))
+
+
+def _evaluate_on_finish(study_dir: Path) -> int:
+    """The once-per-study test evaluation; 0 when done or not needed, 1 when it failed."""
+    from tune_app.evaluation.contracts import ContractError
+    from tune_app.evaluation.predict import EvaluationError
+    from tune_app.evaluation.report import evaluate_finished_study
+
+    try:
+        path = evaluate_finished_study(study_dir)
+    except (EvaluationError, ContractError) as exc:
+        print(f"Test evaluation failed: {exc}\nRun it by hand: python -m tune_app.evaluate --study {study_dir}",
+              file=sys.stderr)
+        return 1
+    if path is not None:
+        print(f"Test evaluation: {path} (plots: {path.parent / 'evaluation_report.html'})")
+    return 0
 
 
 def _report(outcome: object) -> int:
@@ -109,8 +132,10 @@ def _report(outcome: object) -> int:
     if outcome.complete:
         print(f"Study complete: {outcome.terminated}/{outcome.num_samples} trials; best trial "
               f"{outcome.best_trial_id} with score {outcome.best_score}. Results in {outcome.study_dir}")
-        return 0
+        return _evaluate_on_finish(outcome.study_dir)
     if outcome.errored:
+        for trial, message in trial_errors(outcome.study_dir):
+            print(f"Trial {trial} failed:\n{message}\n", file=sys.stderr)
         print(f"Study ended with {outcome.errored} failed trial(s) ({outcome.terminated}/{outcome.num_samples} "
               f"finished). Error files are in the trial folders under {outcome.study_dir}. After fixing the "
               f"cause, resume: python -m tune_app.run resume={outcome.study_dir}", file=sys.stderr)
@@ -118,6 +143,48 @@ def _report(outcome: object) -> int:
     print(f"Study interrupted: {outcome.terminated}/{outcome.num_samples} trials finished. Resume with:\n"
           f"  python -m tune_app.run resume={outcome.study_dir}", file=sys.stderr)
     return 130
+
+
+_EXC_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit))(?::\s?(.*))?$")
+_CHAIN_MARKERS = ("The above exception", "During handling of the above", "Traceback (most recent call last)")
+
+
+def error_message(error_text: str, max_lines: int = 40) -> str:
+    """The exception line and message (no traceback) of the last failure in Tune's ``error.txt``.
+
+    Our own actionable errors (``KNOWN_ERRORS``) win over whatever Ray raised while
+    wrapping them; otherwise the last exception in the text is used.
+    """
+    block = error_text.split("Failure # ")[-1].splitlines()
+    known = {cls.__name__ for cls in KNOWN_ERRORS}
+    found = [(i, m) for i, line in enumerate(block) if (m := _EXC_LINE.match(line))]
+    if not found:
+        return "\n".join(line for line in block[-max_lines:] if line.strip())
+    start, match = next(((i, m) for i, m in reversed(found) if m.group(1) in known), found[-1])
+    lines = [f"{match.group(1)}: {match.group(2) or ''}".rstrip()]
+    for line in block[start + 1:]:
+        if line.startswith(_CHAIN_MARKERS) or _EXC_LINE.match(line) or "ray::" in line:
+            break
+        lines.append(line)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return "\n".join(lines[:max_lines])
+
+
+def trial_errors(study_dir: Path) -> list[tuple[str, str]]:
+    """(trial folder, error message) of each unfinished trial that has Tune's ``error.txt``."""
+    out = []
+    for error_file in sorted(Path(study_dir).glob("*/error.txt")):
+        try:
+            if '"status": "completed"' in (error_file.parent / "trial_state.json").read_text():
+                continue  # failed once, then resumed and finished
+        except OSError:
+            pass
+        try:
+            out.append((error_file.parent.name, error_message(error_file.read_text(errors="replace"))))
+        except OSError:
+            continue
+    return out
 
 
 if __name__ == "__main__":
