@@ -1,0 +1,112 @@
+"""Peak study disk: default retention vs keep-all, 10 and 100 trials x 3 epochs (no Ray).
+
+Drives the same decisions ``RetentionCallback`` makes, with the real store and the
+pure ``plan_retention``: after each save, plan + prune; at trial end, mark the trial
+finished, plan + prune. Bytes on disk are measured (``dir_nbytes`` of the study)
+after every step; the peak is the largest measurement.
+
+    .venv/bin/python benchmarks/bench_study_disk.py [--trials 10 100] [--epochs 3] [--mb 3]
+
+Targets: peak flat in the number of trials, >= 99% cut vs keep-all at 100 trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tune_app.checkpoints.retention import CheckpointRecord, RetentionPolicy, plan_retention
+from tune_app.checkpoints.store import dir_nbytes, prune_checkpoint, save_checkpoint
+
+DEFAULT = RetentionPolicy(keep_last_n=1, keep_best_k=1, keep_best_k_max=2, max_total_size_gb=10.0)
+
+
+def simulate(root: Path, trials: int, epochs: int, numel: int, *, retain: bool, seed: int = 0) -> tuple[int, int]:
+    """Run one simulated study under ``root``.
+
+    Returns (peak bytes at any moment, i.e. right after a save and before its prune;
+    peak bytes after each retention pass, the steady state between saves).
+    """
+    rng = random.Random(seed)
+    records: dict[str, CheckpointRecord] = {}
+    peak = steady = 0
+
+    def apply() -> None:
+        plan = plan_retention(list(records.values()), DEFAULT, mode="max")
+        for path in sorted(plan.delete):
+            prune_checkpoint(Path(path), reason="retention")
+            records.pop(path)
+
+    def measure(after_prune: bool) -> None:
+        nonlocal peak, steady
+        size = dir_nbytes(root)
+        peak = max(peak, size)
+        if after_prune:
+            steady = max(steady, size)
+
+    model = {"w": torch.randn(numel)}
+    for t in range(trials):
+        trial = f"trial_{t:04d}"
+        for epoch in range(1, epochs + 1):
+            path = root / trial / f"checkpoint_{epoch - 1:06d}"
+            score = rng.random()
+            saved = save_checkpoint(path, model_state=model,
+                                    trainer_state={"epoch": epoch, "metrics": {"val_macro_f1": score}}, compat={})
+            measure(after_prune=not retain)
+            if retain:
+                records[str(path)] = CheckpointRecord(trial, str(path), epoch - 1, score, saved.total_bytes, False)
+                apply()
+                measure(after_prune=True)
+        if retain:
+            for key, rec in list(records.items()):
+                if rec.trial_id == trial:
+                    records[key] = CheckpointRecord(rec.trial_id, rec.path, rec.index, rec.score,
+                                                    rec.size_bytes, True)
+            apply()
+            measure(after_prune=True)
+    return peak, steady
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--mb", type=float, default=3.0, help="model state size in MB (float32)")
+    args = parser.parse_args()
+    numel = int(args.mb * 1e6 / 4)
+    print(f"model state {args.mb:.1f} MB, {args.epochs} epochs per trial, default retention {DEFAULT}")
+    print(f"{'trials':>6}  {'keep-all peak':>14}  {'default peak':>13}  {'cut':>7}  "
+          f"{'default after prune':>20}  {'cut':>7}  {'time':>6}")
+    peaks: dict[int, int] = {}
+    cuts: dict[int, float] = {}
+    steady_cuts: dict[int, float] = {}
+    for trials in args.trials:
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="bench-disk-") as tmp:
+            keep_all, _ = simulate(Path(tmp) / "all", trials, args.epochs, numel, retain=False)
+            shutil.rmtree(Path(tmp) / "all")
+            default, steady = simulate(Path(tmp) / "default", trials, args.epochs, numel, retain=True)
+        peaks[trials] = default
+        cut = cuts[trials] = 1 - default / keep_all
+        steady_cut = steady_cuts[trials] = 1 - steady / keep_all
+        print(f"{trials:>6}  {keep_all / 1e6:>11.1f} MB  {default / 1e6:>10.1f} MB  {100 * cut:>6.2f}%  "
+              f"{steady / 1e6:>17.1f} MB  {100 * steady_cut:>6.2f}%  {time.perf_counter() - started:>5.1f}s")
+    if len(peaks) > 1:
+        lo, hi = min(peaks), max(peaks)
+        ratio = peaks[hi] / peaks[lo]
+        print(f"default-retention peak {hi} vs {lo} trials: x{ratio:.3f} "
+              f"({'flat' if ratio <= 1.05 else 'NOT flat'}; target flat)")
+    top = max(cuts)
+    for label, table in (("peak incl. the save before its prune", cuts), ("peak after prune", steady_cuts)):
+        verdict = "meets" if table[top] >= 0.99 - 1e-9 else "MISSES"
+        print(f"cut at {top} trials, {label}: {100 * table[top]:.2f}% ({verdict} the >= 99% target)")
+
+
+if __name__ == "__main__":
+    main()
