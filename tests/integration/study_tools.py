@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,3 +98,22 @@ def mlflow_runs(storage: Path, experiment: str) -> list[dict[str, Any]]:
         out.append({"run_id": run.info.run_id, "status": run.info.status, "params": run.data.params,
                     "tags": run.data.tags, "steps": steps, "metrics": run.data.metrics})
     return out
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A real, size-limited filesystem at ``path`` (``mount -t tmpfs -o OPTIONS``); skips without root."""
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_bytes(path: Path, leave_free: int) -> None:
+    """Allocate a file on ``path``'s filesystem so that ``leave_free`` bytes stay free."""
+    with (path / "filler.bin").open("wb") as fh:
+        os.posix_fallocate(fh.fileno(), 0, max(0, shutil.disk_usage(path).free - leave_free))

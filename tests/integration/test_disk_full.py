@@ -11,13 +11,9 @@ The disk fills up *during* the study, as when another job writes to the same dis
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
-import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,8 +21,10 @@ import torch
 
 from tests.integration.study_tools import (
     end_group,
+    fill_bytes,
     mlflow_runs,
     start_run,
+    tmpfs,
     trial_dirs,
     trial_state,
     wait_for,
@@ -37,23 +35,6 @@ from tune_app.checkpoints.store import TMP_PREFIX, is_tombstone, verify_checkpoi
 
 ACTIONABLE = ("free on its filesystem:", "projected checkpoint size:", "Largest artifacts under the study directory:",
               "python -m tune_app.cleanup --study", "retention=minimal", "tune.storage_path=")
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, options: str) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill_bytes(path: Path, leave_free: int) -> None:
-    with (path / "filler.bin").open("wb") as fh:
-        os.posix_fallocate(fh.fileno(), 0, max(0, shutil.disk_usage(path).free - leave_free))
 
 
 def fill_inodes(path: Path, leave_free: int) -> None:
@@ -100,9 +81,14 @@ def test_short_space_reclaims_before_refusing(tmp_path: Path) -> None:
         study = disk / "study"
         (study / "trial").mkdir(parents=True)
         reclaimed: list[int] = []
+
+        def reclaim() -> int:
+            reclaimed.append(1)
+            return 0
+
         with pytest.raises(InsufficientStorageError, match="projected checkpoint size"):
             save_epoch_checkpoint(study / "trial" / "checkpoint_000001", study, projected_bytes=1 << 20,
-                                  reclaim=lambda: reclaimed.append(1) or 0,
+                                  reclaim=reclaim,
                                   model_state={"w": torch.zeros(10)}, trainer_state={}, compat={})
         assert reclaimed == [1], "step 3 is tried before giving up"
         assert not (study / "trial" / "checkpoint_000001").exists()

@@ -3,10 +3,8 @@ real tiny study on a nearly full tmpfs escalates to step 3 and keeps only the st
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import subprocess
 from collections import namedtuple
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.integration.study_tools import mlflow_runs, run, tail, trial_dirs
+from tests.integration.study_tools import fill_bytes, mlflow_runs, run, tail, tmpfs, trial_dirs
 from tune_app.callbacks import (
     PRESSURE_TAG,
     RetentionCallback,
@@ -152,32 +150,10 @@ TMPFS_MIB = 1024
 LEAVE_FREE_MIB = 95  # 9.3% free: critical (< 10%), yet above the 64 MiB preflight margin + checkpoints
 
 
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size_mib: int) -> Any:
-    path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill_to(path: Path, leave_free_bytes: int) -> None:
-    import os
-    import shutil
-
-    free = shutil.disk_usage(path).free
-    with (path / "filler.bin").open("wb") as fh:
-        os.posix_fallocate(fh.fileno(), 0, max(0, free - leave_free_bytes))
-
-
 @pytest.mark.slow
 def test_real_study_on_a_nearly_full_disk_escalates_and_keeps_the_single_best(tmp_path: Path) -> None:
-    with small_tmpfs(tmp_path / "disk", TMPFS_MIB) as disk:
-        fill_to(disk, LEAVE_FREE_MIB << 20)
+    with tmpfs(tmp_path / "disk", f"size={TMPFS_MIB}m") as disk:
+        fill_bytes(disk, LEAVE_FREE_MIB << 20)
         storage = disk / "experiments"
         log = tmp_path / "run.log"
         rc = run(["tune.num_samples=3", "tune.max_epochs=2", f"tune.storage_path={storage}", "tune.name=full",
