@@ -72,20 +72,12 @@ def test_vocab_unique_and_specials_first() -> None:
     assert len(lines) == len(set(lines))
 
 
-def _synthetic_words() -> tuple[str, ...]:
-    words = build_tiny_vocab.load_synthetic_words()
-    if words is None:
-        pytest.skip("tune_app.data.synthetic not present yet")
-    return words
-
-
 def test_vocab_file_up_to_date() -> None:
-    _synthetic_words()
     assert build_tiny_vocab.main(["--check"]) == 0, "run python -m tune_app.models.assets.build_tiny_vocab"
 
 
 def test_no_unk_on_synthetic_words(tiny: LoadedEncoder) -> None:
-    words = _synthetic_words()
+    words = build_tiny_vocab.load_synthetic_words()
     unk = tiny.tokenizer.unk_token_id
     enc = tiny.tokenizer(list(words), add_special_tokens=False)
     bad = [w for w, ids in zip(words, enc["input_ids"], strict=True) if unk in ids]

@@ -88,12 +88,10 @@ def _word_pieces(word: str) -> list[str]:
     return pieces
 
 
-def load_synthetic_words() -> tuple[str, ...] | None:
-    """``tune_app.data.synthetic.SYNTHETIC_WORDS``, or None when that module is not there yet."""
-    try:
-        from tune_app.data.synthetic import SYNTHETIC_WORDS
-    except ImportError:
-        return None
+def load_synthetic_words() -> tuple[str, ...]:
+    """``tune_app.data.synthetic.SYNTHETIC_WORDS``: every word the embedded data set uses."""
+    from tune_app.data.synthetic import SYNTHETIC_WORDS
+
     return tuple(SYNTHETIC_WORDS)
 
 
@@ -117,18 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the file is out of date")
-    parser.add_argument("--allow-missing-synthetic", action="store_true",
-                        help="build without tune_app.data.synthetic (provisional vocab)")
     parser.add_argument("--output", type=Path, default=VOCAB_PATH)
     args = parser.parse_args(argv)
-    synthetic = load_synthetic_words()
-    if synthetic is None:
-        if not args.allow_missing_synthetic:
-            print("tune_app.data.synthetic is not importable; pass --allow-missing-synthetic "
-                  "for a provisional vocabulary", file=sys.stderr)
-            return 2
-        synthetic = ()
-    text = render(build_vocab(synthetic))
+    text = render(build_vocab(load_synthetic_words()))
     if args.check:
         current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
         if current != text:
