@@ -35,7 +35,7 @@ from tune_app.checkpoints.retention import (
     plan_single_best,
     protected_paths,
 )
-from tune_app.checkpoints.store import dir_nbytes, is_tombstone, prune_checkpoint
+from tune_app.checkpoints.store import PRUNED_FILE, dir_nbytes, is_tombstone, prune_checkpoint
 from tune_app.config import AppConfig
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,11 @@ def _checkpoint_index(path: Path) -> int:
 
 
 def scan_records(study_dir: Path, metric: str) -> dict[str, CheckpointRecord]:
-    """Checkpoint records of a study rebuilt from disk (used after a restore)."""
+    """Checkpoint records of a study rebuilt from disk (used after a restore).
+
+    A prune that a crash interrupted (``PRUNED`` marker written, files left) is
+    finished here: its deletion was already decided and recorded.
+    """
     records: dict[str, CheckpointRecord] = {}
     for trial_dir in sorted(p for p in study_dir.iterdir() if p.is_dir()):
         state_file = trial_dir / "trial_state.json"
@@ -71,7 +75,12 @@ def scan_records(study_dir: Path, metric: str) -> dict[str, CheckpointRecord]:
             except (OSError, ValueError):
                 finished = False
         for ckpt in sorted(trial_dir.glob("checkpoint_*")):
-            if not ckpt.is_dir() or is_tombstone(ckpt):
+            if not ckpt.is_dir():
+                continue
+            if is_tombstone(ckpt):
+                if any(entry.name != PRUNED_FILE for entry in ckpt.iterdir()):
+                    freed = prune_checkpoint(ckpt, reason="finishing an interrupted prune")
+                    logger.info("retention: finished the interrupted prune of %s (%.1f MB)", ckpt, freed / 1e6)
                 continue
             try:
                 trainer = json.loads((ckpt / "state.json").read_text())

@@ -88,15 +88,17 @@ def _wait(proc: subprocess.Popen[bytes], cond: object, timeout: float) -> bool:
     return False
 
 
-def _pruning(study: Path) -> bool:
+def _half_pruned(study: Path) -> set[str]:
+    """Checkpoint folders holding the ``PRUNED`` marker beside files not deleted yet."""
+    found: set[str] = set()
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for trial in os.scandir(study):
             if trial.is_dir():
                 for entry in os.scandir(trial.path):
                     if entry.name.startswith("checkpoint_") and os.path.exists(os.path.join(entry.path, PRUNED_FILE)) \
                             and len(os.listdir(entry.path)) > 1:
-                        return True
-    return False
+                        found.add(entry.path)
+    return found
 
 
 def _run_once(args: list[str], study: Path, log: Path, kill: str | float | None) -> int:
@@ -104,6 +106,7 @@ def _run_once(args: list[str], study: Path, log: Path, kill: str | float | None)
     a prune ("prune") or after ``kill`` seconds; None: let it finish. Returns the exit status (-9 when
     killed)."""
     before = _starts(study)
+    left_before = _half_pruned(study)  # from an earlier kill: not this run's prune
     proc = start_run(args, log)
     try:
         running = _wait(proc, lambda: _starts(study) > before, 300)  # the trainable appended to "starts"
@@ -111,7 +114,7 @@ def _run_once(args: list[str], study: Path, log: Path, kill: str | float | None)
             if kill == "save":
                 _wait(proc, lambda: _saving(study), 30.0)
             elif kill == "prune":
-                _wait(proc, lambda: _pruning(study), 30.0)
+                _wait(proc, lambda: bool(_half_pruned(study) - left_before), 30.0)
             else:
                 _wait(proc, lambda: False, float(kill))
             if proc.poll() is None:
