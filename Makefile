@@ -28,7 +28,7 @@ test: ## The default test suite (fast: unit + short integration tests)
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: ## The slow tests (kill/resume fault tests, longer studies); CI runs these too
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=0
 
 test-all: ## Every test
 	$(PY) -m pytest -q

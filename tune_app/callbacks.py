@@ -43,8 +43,8 @@ logger = logging.getLogger(__name__)
 #: MLflow tag on the trial's run holding the storage-pressure step reached (1..3).
 PRESSURE_TAG = "tune_app.storage_pressure_step"
 #: ``<study>/storage_pressure.jsonl``: one JSON line {step, time, trial_id, free_fraction} per escalation.
-#: Not ``study.json``: on restore Tune copies the study folder's top-level ``*.json``/``*.pkl`` into its
-#: staging folder and copies them back at every state sync, so a later write to ``study.json`` by the
+#: Not a top-level ``*.json``: on restore Tune copies the study folder's top-level ``*.json``/``*.pkl`` into its
+#: staging folder and copies them back at every state sync, so a later write to such a file by the
 #: driver would be overwritten by the stale copy (``.jsonl`` is not synced).
 PRESSURE_FILE = "storage_pressure.jsonl"
 STEP_ACTIONS = {1: "prune the running trial's unprotected checkpoints",

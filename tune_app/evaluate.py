@@ -3,7 +3,7 @@
 Recomputes an evaluation by hand (the study already evaluated its test split once
 when it finished; see docs/reports.md). Without an existing study report, and for
 the whole study on the test split, the result becomes the study report (recorded in
-``study.json``); otherwise it goes to ``<study>/manual_evaluation/`` (or ``--out``)
+``meta/study.json``); otherwise it goes to ``<study>/manual_evaluation/`` (or ``--out``)
 and, when a study report exists, the largest difference from it is printed.
 
 Exit codes: 0 ok, 2 bad input (missing study, no checkpoint to evaluate...).

@@ -4,9 +4,15 @@
 ``tuner.pkl``, one folder per trial) and ours:
 
 * ``study_config.yaml`` - the resolved configuration the study was started with;
-* ``splits.json``       - the post ids of each split (the trainable reads only
+* ``meta/splits.json``  - the post ids of each split (the trainable reads only
   train/validation ids; only the evaluation touches test);
-* ``study.json``        - study metadata (created, code version, dataset revision).
+* ``meta/study.json``   - study metadata (created, code version, dataset revision,
+  the test evaluation once done).
+
+The JSON files live in ``meta/``, not beside Tune's: on restore Tune copies every
+top-level ``*.json``/``*.pkl`` of the study into its staging folder and writes them all
+back (non-atomically) at every state sync, so a top-level file of ours would be
+rewritten with a stale copy, and truncated by a kill during that copy.
 
 The data set itself is materialised once under ``<tune.storage_path>/datasets/``
 (the synthetic set is generated there; real data stays where it is).
@@ -30,8 +36,9 @@ from tune_app.config import AppConfig
 logger = logging.getLogger(__name__)
 
 STUDY_CONFIG = "study_config.yaml"
-SPLITS_FILE = "splits.json"
-STUDY_META = "study.json"
+META_DIR = "meta"
+SPLITS_FILE = f"{META_DIR}/splits.json"
+STUDY_META = f"{META_DIR}/study.json"
 TRIAL_CONFIG = "trial_config.yaml"
 
 
@@ -101,7 +108,7 @@ def prepare_study(cfg: AppConfig) -> dict[str, Any]:
     """Create the study folder: materialise data, split it, save config and split ids.
 
     Runs in the driver before Ray starts. Returns the study metadata (also written to
-    ``study.json``).
+    ``meta/study.json``).
     """
     from tune_app.data.redsm5 import check_disjoint, make_splits, save_splits
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from tune_app.atomic_fs import atomic_storage_filesystem
 from tune_app.config import AppConfig
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,8 @@ def build_tuner(cfg: AppConfig) -> Any:
         run_config=tune.RunConfig(
             name=cfg.tune.name,
             storage_path=str(cfg.storage_dir),
+            # Tune's state files are rewritten at every sync: atomically, so a kill never tears one.
+            storage_filesystem=atomic_storage_filesystem(),
             callbacks=make_callbacks(cfg),
             # Tune keeps every reported checkpoint *entry*; RetentionCallback decides
             # which checkpoint bytes stay (and keeps pruned folders as tombstones so
@@ -156,13 +159,15 @@ def restore_tuner(cfg: AppConfig) -> Any:
         trainable=make_trainable(cfg),
         resume_unfinished=True,
         resume_errored=True,
+        storage_filesystem=atomic_storage_filesystem(),
     )
 
 
 def can_restore(study_dir: Path) -> bool:
     from ray import tune
 
-    return study_dir.is_dir() and bool(tune.Tuner.can_restore(str(study_dir)))
+    return study_dir.is_dir() and bool(tune.Tuner.can_restore(str(study_dir),
+                                                              storage_filesystem=atomic_storage_filesystem()))
 
 
 @contextmanager

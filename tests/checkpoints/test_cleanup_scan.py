@@ -134,3 +134,15 @@ def test_execute_refuses_protected(study: Path) -> None:
     report.candidates = [Candidate(report.protected[0], 1, "bogus")]
     assert execute(report) == 0
     assert verify_checkpoint(report.protected[0]).ok
+
+
+def test_torn_state_write_temps_are_listed_and_removed(study: Path) -> None:
+    torn = study / ".searcher-state-2026-01-01_00-00-00.pkl.tmp-0123abcd"  # a killed atomic write
+    torn.write_bytes(b"half a pickle")
+    real = study / "searcher-state-2026-01-01_00-00-00.pkl"
+    real.write_bytes(b"complete")
+    report = scan_study(study, metric="f1", policy=RetentionPolicy())
+    assert torn in [c.path for c in report.candidates if c.reason == REASON_TMP]
+    assert real not in [c.path for c in report.candidates]
+    execute(report)
+    assert not torn.exists() and real.read_bytes() == b"complete"

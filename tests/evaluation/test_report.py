@@ -25,6 +25,7 @@ from tune_app.evaluation.report import (
     trial_dirs,
     write_trial_report,
 )
+from tune_app.study import STUDY_META
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -77,7 +78,7 @@ def test_study_report_contents(study: Path) -> None:
 
 def test_study_json_records_the_test_evaluation_and_it_is_not_redone(study: Path) -> None:
     report = load_report(study / "evaluation_report.json")
-    record = json.loads((study / "study.json").read_text())["test_evaluation"]
+    record = json.loads((study / STUDY_META).read_text())["test_evaluation"]
     assert record["status"] == "done" and record["report_id"] == report["report_id"]
     assert evaluate_finished_study(study) is None  # a second call (resume of a finished study)
     assert load_report(study / "evaluation_report.json")["report_id"] == report["report_id"]
@@ -172,7 +173,7 @@ def test_on_finish_false_skips_and_global_strategy(tmp_path: Path) -> None:
                        overrides=["evaluation.on_finish=false", "evaluation.threshold_strategy=global"])
     assert evaluate_finished_study(study) is None
     assert not (study / "evaluation_report.json").exists()
-    assert "test_evaluation" not in json.loads((study / "study.json").read_text())
+    assert "test_evaluation" not in json.loads((study / STUDY_META).read_text())
     report = evaluate_study(study)
     values = set(report["decision_thresholds"]["criteria"].values())
     assert report["decision_thresholds"]["strategy"] == "global" and len(values) == 1

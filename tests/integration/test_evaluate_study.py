@@ -16,6 +16,7 @@ import pytest
 from tests.integration.study_tools import REPO, run, study_env, tail, trial_dirs
 from tune_app.evaluation.contracts import errors
 from tune_app.evaluation.report import max_abs_difference
+from tune_app.study import STUDY_META
 
 NAME = "evalrun"
 pytestmark = pytest.mark.slow  # a real Ray study: ~2 min
@@ -56,7 +57,7 @@ def test_study_end_evaluates_the_best_checkpoints_on_test_once(study: tuple[Path
     best = max(h["val_macro_f1"] for t in trial_dirs(study_dir)
                for h in json.loads((t / "trial_state.json").read_text())["history"])
     assert report["best_validation_score"] == pytest.approx(best)
-    assert json.loads((study_dir / "study.json").read_text())["test_evaluation"]["report_id"] == report["report_id"]
+    assert json.loads((study_dir / STUDY_META).read_text())["test_evaluation"]["report_id"] == report["report_id"]
     assert (study_dir / "evaluation_report.html").stat().st_size > 10_000
 
     resumed = study_dir.parent / "resume.log"

@@ -14,13 +14,13 @@ from sklearn.metrics import f1_score
 from tests.integration.study_tools import run, tail, trial_dirs, trial_state
 from tune_app.config import load_study_config
 from tune_app.data.redsm5 import label_vector, load_splits
-from tune_app.study import load_posts_for
+from tune_app.study import SPLITS_FILE, load_posts_for
 
 
 def _trivial_macro_f1(study: Path) -> float:
     """Best macro-F1 of the constant predictors (all positive) on the validation split."""
     cfg = load_study_config(study)
-    ids = set(load_splits(study / "splits.json")["validation"])
+    ids = set(load_splits(study / SPLITS_FILE)["validation"])
     posts = load_posts_for(cfg, only_post_ids=ids).posts
     labels = np.array([label_vector(p, include_no_symptoms=cfg.data.include_no_symptoms) for p in posts])
     return float(f1_score(labels, np.ones_like(labels), average="macro", zero_division=0))

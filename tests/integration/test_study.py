@@ -15,6 +15,7 @@ import yaml
 
 from tests.integration.study_tools import mlflow_runs, run, tail, trial_dirs, trial_state
 from tune_app.checkpoints.store import is_tombstone, verify_checkpoint
+from tune_app.study import SPLITS_FILE
 
 NAME = "e2e"
 
@@ -39,7 +40,7 @@ def test_study_folder_holds_config_splits_and_trials(study: tuple[Path, Path, in
     study_dir = storage / NAME
     saved = yaml.safe_load((study_dir / "study_config.yaml").read_text())
     assert saved["tune"]["num_samples"] == 2 and saved["model"]["name"] == "tiny"
-    splits = json.loads((study_dir / "splits.json").read_text())
+    splits = json.loads((study_dir / SPLITS_FILE).read_text())
     ids = [set(splits[k]) for k in ("train", "validation", "test")]
     assert all(ids) and not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     trials = trial_dirs(study_dir)

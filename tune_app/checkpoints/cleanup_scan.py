@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tune_app.atomic_fs import TMP_MARK as ATOMIC_TMP_MARK
 from tune_app.checkpoints.retention import (
     CheckpointRecord,
     Mode,
@@ -39,7 +40,7 @@ _LOG = logging.getLogger(__name__)
 #: Written by the Tune integration into each trial dir; ``"status": "completed"`` = finished.
 TRIAL_STATE_FILE = "trial_state.json"
 
-REASON_TMP = "stale temp from an interrupted save"
+REASON_TMP = "stale temp from an interrupted save or state write"
 REASON_HALF_PRUNED = "half-pruned"
 
 
@@ -82,11 +83,16 @@ def _score(ckpt: Path, metric: str) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _is_temp(name: str) -> bool:
+    """A checkpoint temp (``tmp-*``) or an interrupted atomic write of Tune's files (``.<name>.tmp-*``)."""
+    return name.startswith(TMP_PREFIX) or (name.startswith(".") and ATOMIC_TMP_MARK in name)
+
+
 def _stale_temps(study_dir: Path, min_age_s: float, now: float) -> list[Path]:
     temps: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(study_dir):
         for name in [*dirnames, *filenames]:
-            if not name.startswith(TMP_PREFIX):
+            if not _is_temp(name):
                 continue
             full = Path(dirpath, name)
             try:
@@ -182,7 +188,7 @@ def execute(report: CleanupReport) -> int:
             continue
         if not path.exists() and not path.is_symlink():
             continue
-        if path.name.startswith(TMP_PREFIX):
+        if _is_temp(path.name):
             size = dir_nbytes(path)
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)

@@ -8,7 +8,7 @@
   calibrated on validation, metrics on the test split per checkpoint and aggregated.
 * :func:`evaluate_finished_study` - the once-per-study test evaluation: runs
   :func:`evaluate_study`, writes ``<study>/evaluation_report.json`` plus plots, and
-  records it in ``study.json`` (``test_evaluation``), so a second call does nothing.
+  records it in ``meta/study.json`` (``test_evaluation``), so a second call does nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import yaml
 from tune_app.config import AppConfig
 from tune_app.evaluation.contracts import validate, validate_checkpoint_metadata
 from tune_app.evaluation.predict import EvaluationError
+from tune_app.study import STUDY_META
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ PLOTS_DIR = "plots"
 HTML_FILE = "evaluation_report.html"
 TRIAL_STATE = "trial_state.json"
 TRIAL_CONFIG = "trial_config.yaml"
-STUDY_META = "study.json"
 SCHEMA_VERSION = 1
 TOP_TRIALS = 10
 #: Scores closer than this are ties (co-best checkpoints / trials).
@@ -464,7 +464,7 @@ def refresh_trial_reports(study_dir: Path) -> list[Path]:
 
 
 def recorded_test_evaluation(study_dir: Path) -> dict[str, Any] | None:
-    """The ``test_evaluation`` entry of ``study.json`` when the test split was evaluated."""
+    """The ``test_evaluation`` entry of ``meta/study.json`` when the test split was evaluated."""
     rec = (_read_json(Path(study_dir) / STUDY_META) or {}).get("test_evaluation")
     return rec if isinstance(rec, dict) and rec.get("status") == "done" else None
 
@@ -473,10 +473,10 @@ def evaluate_finished_study(study_dir: Path, *, device: str | None = None, force
                             ) -> Path | None:
     """The once-per-study test evaluation, for the driver when a study completes.
 
-    Skipped (returns None) when ``evaluation.on_finish`` is false, or when ``study.json``
+    Skipped (returns None) when ``evaluation.on_finish`` is false, or when ``meta/study.json``
     already records a test evaluation whose report exists (unless ``force``). Otherwise
     refreshes the trial reports, evaluates the best trial on the test split, writes
-    ``<study>/evaluation_report.json`` with its plots, and records it in ``study.json``.
+    ``<study>/evaluation_report.json`` with its plots, and records it in ``meta/study.json``.
     """
     study_dir = Path(study_dir).resolve()
     cfg = read_study_config(study_dir)
@@ -499,7 +499,7 @@ def evaluate_finished_study(study_dir: Path, *, device: str | None = None, force
 
 
 def record_test_evaluation(study_dir: Path, report: dict[str, Any]) -> None:
-    """Note in ``study.json`` that the test split was evaluated (read-modify-write, atomic)."""
+    """Note in ``meta/study.json`` that the test split was evaluated (read-modify-write, atomic)."""
     meta_path = Path(study_dir) / STUDY_META
     meta = _read_json(meta_path) or {}
     meta["test_evaluation"] = {

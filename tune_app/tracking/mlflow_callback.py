@@ -9,7 +9,7 @@
   with backoff. A run that cannot be created at trial start (backend down) gets a
   ``pending:`` placeholder and is created (or found) at replay.
 * Params and tags are sanitised; tags carry study, trial, seed, dataset id/revision
-  (from ``<study>/study.json``) and code version. A study-level run
+  (from ``<study>/meta/study.json``) and code version. A study-level run
   (``tune_app.kind=study``, experiment ``<experiment>-study``, so the trial experiment
   holds exactly one run per trial) holds the study progress tags (``set_study_tags``).
 """
@@ -59,9 +59,11 @@ _MLFLOW_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST
 
 
 def study_tags(study_dir: Path) -> dict[str, str]:
-    """Dataset id and resolved revision from ``<study>/study.json`` (empty if absent)."""
+    """Dataset id and resolved revision from ``<study>/meta/study.json`` (empty if absent)."""
+    from tune_app.study import STUDY_META
+
     try:
-        meta = json.loads((Path(study_dir) / "study.json").read_text())
+        meta = json.loads((Path(study_dir) / STUDY_META).read_text())
     except (OSError, ValueError):
         return {}
     out = {"tune_app.dataset_id": meta.get("dataset_id"), "tune_app.dataset_revision": meta.get("dataset_revision")}

@@ -1,0 +1,63 @@
+"""The filesystem Tune writes the study through: local, with every file write atomic.
+
+Ray Tune copies its experiment state (``experiment_state-*.json``,
+``searcher-state-*.pkl``, ``search_gen_state-*.json``) from its staging folder into
+the study folder at every state sync, by overwriting each file in place. A SIGKILL
+during that copy leaves a truncated file, and ``Tuner.restore`` then fails ("pickle
+data was truncated") and carries on with an empty study. Through
+:func:`atomic_storage_filesystem` every file Tune writes goes to a temp file in the
+same folder, is fsynced and renamed over the old one on close: a kill leaves the old
+complete file (and a stray ``.<name>.tmp-*``), never a torn one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from typing import Any
+
+from fsspec.implementations.local import LocalFileSystem
+
+TMP_MARK = ".tmp-"
+
+
+class _AtomicWriter(io.FileIO):
+    """A binary file written under a temp name and renamed to ``final`` on close."""
+
+    def __init__(self, final: str) -> None:
+        self.final = final
+        folder, name = os.path.split(final)
+        self.tmp = os.path.join(folder, f".{name}{TMP_MARK}{uuid.uuid4().hex}")
+        super().__init__(self.tmp, "wb")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self.flush()
+            os.fsync(self.fileno())
+        finally:
+            super().close()
+        os.replace(self.tmp, self.final)
+
+
+class AtomicLocalFileSystem(LocalFileSystem):
+    """fsspec's local filesystem, with atomic (temp + fsync + rename) writes."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(auto_mkdir=True, **kwargs)
+
+    def _open(self, path: str, mode: str = "rb", block_size: Any = None, **kwargs: Any) -> Any:
+        if mode in ("wb", "w"):
+            path = self._strip_protocol(path)
+            self.makedirs(self._parent(path), exist_ok=True)
+            return _AtomicWriter(path)
+        return super()._open(path, mode, block_size=block_size, **kwargs)
+
+
+def atomic_storage_filesystem() -> Any:
+    """A ``pyarrow.fs`` filesystem for ``RunConfig(storage_filesystem=...)`` and ``Tuner.restore``."""
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    return PyFileSystem(FSSpecHandler(AtomicLocalFileSystem()))
