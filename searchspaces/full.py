@@ -12,6 +12,8 @@ Conditionals (plain ``if``s; a parameter is absent when it has no effect):
   offline methods (synonym, insert, swap, char_perturb) are sampled, never
   back_translation (it needs translation models).
 
+Also sampled: ``model.gradient_checkpointing``.
+
 Not sampled: epochs (the study's ``tune.max_epochs``), the encoder (``model.name`` stays as
 configured), ``data.max_length``. Seed policy: fixed, every trial uses the study's
 ``seed`` (a top-level key, which ``apply_params`` cannot set; trials differ by their
@@ -88,4 +90,7 @@ def define(trial: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
     if settings.get("augment", True) and trial.suggest_categorical("augment.enabled", [False, True]):
         trial.suggest_categorical("augment.method", list(AUGMENT_METHODS))
         trial.suggest_float("augment.probability", 0.05, 0.5)
+
+    # Memory: recompute activations in the backward pass (slower, fits bigger encoders).
+    trial.suggest_categorical("model.gradient_checkpointing", [False, True])
     return None

@@ -91,6 +91,7 @@ def test_every_option_is_sampled(samples: list[dict[str, Any]]) -> None:
     assert values("data.input_format") == {"multi_label", "binary_pairs"}
     assert values("augment.method") == set(full.AUGMENT_METHODS)
     assert values("train.grad_accumulation_steps") == {1, 2, 4}
+    assert values("model.gradient_checkpointing") == {False, True}
     assert 0.0 in values("train.fgm_epsilon") and max(values("train.fgm_epsilon")) > 0
 
 
