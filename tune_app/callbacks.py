@@ -27,6 +27,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from tune_app.checkpoints.cleanup_scan import checkpoint_score, trial_finished
 from tune_app.checkpoints.retention import (
     CheckpointRecord,
     RetentionPolicy,
@@ -35,7 +36,13 @@ from tune_app.checkpoints.retention import (
     plan_single_best,
     protected_paths,
 )
-from tune_app.checkpoints.store import PRUNED_FILE, dir_nbytes, is_tombstone, prune_checkpoint
+from tune_app.checkpoints.store import (
+    PRUNED_FILE,
+    STATE_FILE,
+    dir_nbytes,
+    is_tombstone,
+    prune_checkpoint,
+)
 from tune_app.config import AppConfig
 
 logger = logging.getLogger(__name__)
@@ -67,13 +74,7 @@ def scan_records(study_dir: Path, metric: str) -> dict[str, CheckpointRecord]:
     """
     records: dict[str, CheckpointRecord] = {}
     for trial_dir in sorted(p for p in study_dir.iterdir() if p.is_dir()):
-        state_file = trial_dir / "trial_state.json"
-        finished = False
-        if state_file.is_file():
-            try:
-                finished = json.loads(state_file.read_text()).get("status") == "completed"
-            except (OSError, ValueError):
-                finished = False
+        finished = trial_finished(trial_dir)
         for ckpt in sorted(trial_dir.glob("checkpoint_*")):
             if not ckpt.is_dir():
                 continue
@@ -82,15 +83,11 @@ def scan_records(study_dir: Path, metric: str) -> dict[str, CheckpointRecord]:
                     freed = prune_checkpoint(ckpt, reason="finishing an interrupted prune")
                     logger.info("retention: finished the interrupted prune of %s (%.1f MB)", ckpt, freed / 1e6)
                 continue
-            try:
-                trainer = json.loads((ckpt / "state.json").read_text())
-            except (OSError, ValueError):
+            if not (ckpt / STATE_FILE).is_file():
                 continue
-            score = ((trainer.get("trainer_state") or {}).get("metrics") or {}).get(metric)
             records[str(ckpt)] = CheckpointRecord(
                 trial_id=trial_dir.name, path=str(ckpt), index=_checkpoint_index(ckpt),
-                score=float(score) if isinstance(score, int | float) else None,
-                size_bytes=dir_nbytes(ckpt), trial_finished=finished,
+                score=checkpoint_score(ckpt, metric), size_bytes=dir_nbytes(ckpt), trial_finished=finished,
             )
     return records
 

@@ -33,7 +33,8 @@ from tune_app.checkpoints.store import (
     verify_checkpoint,
 )
 
-__all__ = ["Candidate", "CleanupReport", "TRIAL_STATE_FILE", "execute", "scan_study"]
+__all__ = ["Candidate", "CleanupReport", "TRIAL_STATE_FILE", "checkpoint_score", "execute", "scan_study",
+           "trial_finished"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ class CleanupReport:
     over_budget: bool = False
 
 
-def _trial_finished(trial_dir: Path) -> bool:
+def trial_finished(trial_dir: Path) -> bool:
+    """True when the trial's ``trial_state.json`` says ``"status": "completed"``."""
     try:
         data = json.loads((trial_dir / TRIAL_STATE_FILE).read_text())
     except (OSError, ValueError):
@@ -71,7 +73,8 @@ def _trial_finished(trial_dir: Path) -> bool:
     return isinstance(data, dict) and data.get("status") == "completed"
 
 
-def _score(ckpt: Path, metric: str) -> float | None:
+def checkpoint_score(ckpt: Path, metric: str) -> float | None:
+    """``trainer_state.metrics[metric]`` of a checkpoint's ``state.json``; None if absent or not a number."""
     try:
         state = json.loads((ckpt / STATE_FILE).read_text())
         value = state["trainer_state"]["metrics"][metric]
@@ -133,7 +136,7 @@ def scan_study(
     for trial_dir in sorted(p for p in study_dir.iterdir() if p.is_dir()):
         if trial_dir.name.startswith(TMP_PREFIX):
             continue
-        finished = _trial_finished(trial_dir)
+        finished = trial_finished(trial_dir)
         for ckpt in sorted(trial_dir.iterdir()):
             index = checkpoint_index(ckpt)
             if index is None or not ckpt.is_dir():
@@ -153,7 +156,7 @@ def scan_study(
                     trial_id=trial_dir.name,
                     path=str(ckpt),
                     index=index,
-                    score=_score(ckpt, metric),
+                    score=checkpoint_score(ckpt, metric),
                     size_bytes=dir_nbytes(ckpt),
                     trial_finished=finished,
                 )

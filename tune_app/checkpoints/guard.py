@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import shutil
@@ -32,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from tune_app.checkpoints.cleanup_scan import TRIAL_STATE_FILE
+from tune_app.checkpoints.cleanup_scan import checkpoint_score, trial_finished
 from tune_app.checkpoints.preflight import (
     InsufficientStorageError,
     human_bytes,
@@ -41,7 +40,6 @@ from tune_app.checkpoints.preflight import (
 )
 from tune_app.checkpoints.retention import CheckpointRecord, Mode, plan_single_best
 from tune_app.checkpoints.store import (
-    STATE_FILE,
     SavedCheckpoint,
     checkpoint_index,
     dir_nbytes,
@@ -145,33 +143,18 @@ def save_epoch_checkpoint(
         raise
 
 
-def _finished(trial_dir: Path) -> bool:
-    try:
-        return bool(json.loads((trial_dir / TRIAL_STATE_FILE).read_text()).get("status") == "completed")
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _score(ckpt: Path, metric: str) -> float | None:
-    try:
-        value = json.loads((ckpt / STATE_FILE).read_text())["trainer_state"]["metrics"][metric]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def study_records(study_dir: Path, metric: str) -> list[CheckpointRecord]:
     """Valid (non-tombstone, size+manifest verified) checkpoints of a study, as retention records."""
     records: list[CheckpointRecord] = []
     for trial_dir in sorted(p for p in Path(study_dir).iterdir() if p.is_dir()):
-        finished = _finished(trial_dir)
+        finished = trial_finished(trial_dir)
         for ckpt in sorted(trial_dir.iterdir()):
             index = checkpoint_index(ckpt)
             if index is None or not ckpt.is_dir() or is_tombstone(ckpt):
                 continue
             if not verify_checkpoint(ckpt, check_hashes=False).ok:
                 continue
-            records.append(CheckpointRecord(trial_dir.name, str(ckpt), index, _score(ckpt, metric),
+            records.append(CheckpointRecord(trial_dir.name, str(ckpt), index, checkpoint_score(ckpt, metric),
                                             dir_nbytes(ckpt), finished))
     return records
 
