@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import signal
@@ -11,7 +12,9 @@ import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
+import pytest
 
+from tests.integration.study_tools import tmpfs
 from tune_app.atomic_fs import TMP_MARK, atomic_storage_filesystem
 
 
@@ -59,3 +62,17 @@ def test_sigkill_during_a_write_keeps_the_previous_file(tmp_path: Path) -> None:
     assert target.read_bytes() == b'{"complete": true}'
     leftovers = [p.name for p in tmp_path.iterdir() if p != target]
     assert len(leftovers) == 1 and TMP_MARK in leftovers[0] and not leftovers[0].endswith((".json", ".pkl"))
+
+
+def test_a_write_that_fills_the_disk_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "disk", "size=1m") as disk:
+        target = disk / "experiment_state-1.json"
+        target.write_bytes(b'{"complete": true}')
+        stream = atomic_storage_filesystem().open_output_stream(str(target))
+        with pytest.raises(OSError) as info:
+            for _ in range(4):
+                stream.write(b"x" * (512 << 10))  # 2 MiB into a 1 MiB disk
+        assert info.value.errno == errno.ENOSPC
+        stream.close()
+        assert target.read_bytes() == b'{"complete": true}'
+        assert [p.name for p in disk.iterdir()] == [target.name]

@@ -12,6 +12,7 @@ complete file (and a stray ``.<name>.tmp-*``), never a torn one.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import uuid
@@ -23,23 +24,49 @@ TMP_MARK = ".tmp-"
 
 
 class _AtomicWriter(io.FileIO):
-    """A binary file written under a temp name and renamed to ``final`` on close."""
+    """A binary file written under a temp name and renamed to ``final`` on close.
+
+    If a write or the fsync fails (a full disk: ENOSPC mid-file), close removes the
+    temp file and leaves ``final`` as it was: a failed write never replaces a complete
+    file with a truncated one.
+    """
 
     def __init__(self, final: str) -> None:
         self.final = final
+        self._failed = False
         folder, name = os.path.split(final)
         self.tmp = os.path.join(folder, f".{name}{TMP_MARK}{uuid.uuid4().hex}")
         super().__init__(self.tmp, "wb")
+
+    def write(self, data: Any) -> int:
+        """Write all of ``data`` (FileIO may write less; callers like pyarrow ignore that)."""
+        view = memoryview(data).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                done += super().write(view[done:]) or 0
+        except BaseException:
+            self._failed = True
+            raise
+        return done
 
     def close(self) -> None:
         if self.closed:
             return
         try:
-            self.flush()
-            os.fsync(self.fileno())
+            if not self._failed:
+                self.flush()
+                os.fsync(self.fileno())
+        except BaseException:
+            self._failed = True
+            raise
         finally:
             super().close()
-        os.replace(self.tmp, self.final)
+            if self._failed:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.tmp)
+        if not self._failed:
+            os.replace(self.tmp, self.final)
 
 
 class AtomicLocalFileSystem(LocalFileSystem):

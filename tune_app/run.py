@@ -134,11 +134,12 @@ def _report(outcome: object) -> int:
               f"{outcome.best_trial_id} with score {outcome.best_score}. Results in {outcome.study_dir}")
         return _evaluate_on_finish(outcome.study_dir)
     if outcome.errored:
-        for trial, message in trial_errors(outcome.study_dir):
-            print(f"Trial {trial} failed:\n{message}\n", file=sys.stderr)
+        for trial, error_file in outcome.failures:
+            print(f"Trial {trial} failed:\n{trial_error(error_file)}\n"
+                  f"(error file: {error_file or 'none saved'})\n", file=sys.stderr)
         print(f"Study ended with {outcome.errored} failed trial(s) ({outcome.terminated}/{outcome.num_samples} "
-              f"finished). Error files are in the trial folders under {outcome.study_dir}. After fixing the "
-              f"cause, resume: python -m tune_app.run resume={outcome.study_dir}", file=sys.stderr)
+              f"finished). After fixing the cause, resume: python -m tune_app.run resume={outcome.study_dir}",
+              file=sys.stderr)
         return 1
     print(f"Study interrupted: {outcome.terminated}/{outcome.num_samples} trials finished. Resume with:\n"
           f"  python -m tune_app.run resume={outcome.study_dir}", file=sys.stderr)
@@ -171,20 +172,13 @@ def error_message(error_text: str, max_lines: int = 40) -> str:
     return "\n".join(lines[:max_lines])
 
 
-def trial_errors(study_dir: Path) -> list[tuple[str, str]]:
-    """(trial folder, error message) of each unfinished trial that has Tune's ``error.txt``."""
-    out = []
-    for error_file in sorted(Path(study_dir).glob("*/error.txt")):
-        try:
-            if '"status": "completed"' in (error_file.parent / "trial_state.json").read_text():
-                continue  # failed once, then resumed and finished
-        except OSError:
-            pass
-        try:
-            out.append((error_file.parent.name, error_message(error_file.read_text(errors="replace"))))
-        except OSError:
-            continue
-    return out
+def trial_error(error_file: Path | None) -> str:
+    """The error message in a failed trial's Tune ``error.txt`` (see :func:`error_message`)."""
+    try:
+        text = error_file.read_text(errors="replace") if error_file is not None else ""
+    except OSError:
+        text = ""
+    return error_message(text) if text.strip() else "(no error text: see the trial's output above)"
 
 
 if __name__ == "__main__":

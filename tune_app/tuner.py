@@ -39,6 +39,9 @@ class StudyOutcome:
     interrupted: bool
     best_trial_id: str | None
     best_score: float | None
+    #: (trial folder name, Tune's ``error.txt`` of it) for each trial that ended in ERROR:
+    #: the study's copy, or the driver's staging copy when Tune could not sync it (full disk).
+    failures: tuple[tuple[str, Path | None], ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -185,14 +188,41 @@ def sigterm_as_sigint() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _tune_trials(result_grid: Any) -> list[Any]:
+    """Tune's ``Trial`` objects behind a ``ResultGrid``, in the grid's order (``[]`` if unknown).
+
+    After ``fit()`` these are the controller's in-memory trials, so their status is
+    right even when Tune's final state sync failed (a full disk) and the error files
+    never reached the study folder, where ``Result.error`` looks for them.
+    """
+    analysis = getattr(result_grid, "_experiment_analysis", None)
+    trials = list(getattr(analysis, "trials", None) or [])
+    return trials if len(trials) == len(result_grid) else []
+
+
+def _error_file(trial: Any) -> Path | None:
+    """The study's copy of the trial's ``error.txt``, else the driver's staging copy."""
+    name = getattr(getattr(trial, "run_metadata", None), "error_filename", None) or "error.txt"
+    candidates = [Path(trial.path) / name] if getattr(trial, "path", None) else []
+    if getattr(trial, "error_file", None):
+        candidates.append(Path(trial.error_file))
+    return next((c for c in candidates if c.is_file()), None)
+
+
 def summarise(result_grid: Any, cfg: AppConfig) -> StudyOutcome:
-    """Count finished trials and find the best one, from Tune's results."""
-    terminated = errored = 0
+    """Count finished and failed trials and find the best one, from Tune's results."""
+    from ray.tune.experiment import Trial
+
+    trials = _tune_trials(result_grid)
+    terminated = 0
+    failures: list[tuple[str, Path | None]] = []
     best_id, best = None, None
-    for result in result_grid:
+    for i, result in enumerate(result_grid):
         metrics = result.metrics or {}
-        if result.error is not None:
-            errored += 1
+        trial = trials[i] if trials else None
+        if (trial is not None and trial.status == Trial.ERROR) or result.error is not None:
+            failures.append((Path(result.path).name, _error_file(trial) if trial is not None
+                             else Path(result.path) / "error.txt"))
         elif metrics.get("epoch") == cfg.tune.max_epochs or metrics.get("done"):
             terminated += 1
         score = metrics.get(cfg.tune.metric)
@@ -200,8 +230,8 @@ def summarise(result_grid: Any, cfg: AppConfig) -> StudyOutcome:
             best, best_id = float(score), metrics.get("trial_id")
     return StudyOutcome(
         study_dir=cfg.study_dir, num_samples=cfg.tune.num_samples, terminated=terminated,
-        errored=errored, interrupted=terminated + errored < cfg.tune.num_samples,
-        best_trial_id=best_id, best_score=best,
+        errored=len(failures), interrupted=terminated + len(failures) < cfg.tune.num_samples,
+        best_trial_id=best_id, best_score=best, failures=tuple(failures),
     )
 
 

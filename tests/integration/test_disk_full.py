@@ -6,15 +6,21 @@ The disk fills up *during* the study, as when another job writes to the same dis
 * bytes: after the first checkpoint, a filler leaves less than one checkpoint + margin
   free, so the next save's preflight (after reclaiming) stops before writing;
 * inodes: after the first checkpoint, every inode but 4 is taken, so preflight (bytes)
-  passes and the checkpoint write itself fails with a real ENOSPC.
+  passes and the checkpoint write itself fails with a real ENOSPC;
+* no_inodes: not one inode is left, so even trial_state.json and Tune's final state
+  sync fail: the study still ends as failed (exit 1) with the trial's message.
+Each study is then resumed once the filler is gone, and finishes with every epoch
+logged once.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -28,6 +34,9 @@ from tests.integration.study_tools import (
     trial_dirs,
     trial_state,
     wait_for,
+)
+from tests.integration.study_tools import (
+    run as run_study,
 )
 from tune_app.checkpoints.guard import save_epoch_checkpoint
 from tune_app.checkpoints.preflight import InsufficientStorageError
@@ -76,6 +85,24 @@ def test_real_enospc_becomes_the_actionable_error_and_leaves_nothing(tmp_path: P
         assert not list(trial.glob(f"{TMP_PREFIX}*"))
 
 
+def test_metrics_file_on_a_full_disk_is_named_in_the_error(tmp_path: Path) -> None:
+    (tmp_path / "trial").mkdir()
+    reported: list[str] = []
+
+    def write_state() -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "trial" / "trial_state.json"))
+
+    with pytest.raises(InsufficientStorageError) as info:
+        save_epoch_checkpoint(tmp_path / "trial" / "checkpoint_000002", tmp_path, projected_bytes=0,
+                              safety_margin_bytes=0, before_save=write_state,
+                              on_failure=lambda: reported.append("metrics reported"),
+                              model_state={"w": torch.zeros(1)}, trainer_state={}, compat={})
+    assert reported == ["metrics reported"]
+    assert ("metrics went to Tune and MLflow, but trial_state.json could not be updated (a resume re-runs "
+            "this epoch)") in str(info.value)
+    assert not (tmp_path / "trial" / "checkpoint_000002").exists()
+
+
 def test_short_space_reclaims_before_refusing(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "disk", "size=8m") as disk:
         study = disk / "study"
@@ -98,12 +125,30 @@ def test_short_space_reclaims_before_refusing(tmp_path: Path) -> None:
         assert verify_checkpoint(saved.path).ok
 
 
-# --- a real study whose disk fills up ----------------------------------------------------
+# --- a real study whose disk fills up, then is resumed once space is freed -------------
+FILLS: dict[str, tuple[str, Callable[[Path], None]]] = {
+    # less than one checkpoint + the 64 MiB margin: the save's preflight refuses it.
+    "bytes": ("size=256m", lambda disk: fill_bytes(disk, 8 << 20)),
+    # a checkpoint needs 7 inodes (folder + 6 files): its write hits a real ENOSPC.
+    "inodes": ("size=256m,nr_inodes=3000", lambda disk: fill_inodes(disk, 4)),
+    # not one inode: trial_state.json cannot be updated and Tune's final state sync
+    # fails too (its error files stay in the driver's staging folder).
+    "no_inodes": ("size=256m,nr_inodes=3000", lambda disk: fill_inodes(disk, 0)),
+}
+
+
 def _first_checkpoint(study: Path) -> bool:
     return study.is_dir() and any(verify_checkpoint(c).ok for c in study.glob("*/checkpoint_*"))
 
 
-def _run_until_full(tmp_path: Path, mount_options: str, fill: str) -> tuple[int, str, Path]:
+def _trial_runs(tmp_path: Path) -> list[dict[str, Any]]:
+    return [r for r in mlflow_runs(tmp_path, "full") if "tune_app.trial_id" in r["tags"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fill", list(FILLS))
+def test_study_on_a_filling_disk_stops_with_the_actionable_error_and_resumes(tmp_path: Path, fill: str) -> None:
+    mount_options, fill_disk = FILLS[fill]
     with tmpfs(tmp_path / "disk", mount_options) as disk:
         storage = disk / "experiments"
         study = storage / "full"
@@ -112,44 +157,45 @@ def _run_until_full(tmp_path: Path, mount_options: str, fill: str) -> tuple[int,
                           f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"], log)
         try:
             wait_for(lambda: _first_checkpoint(study), 300, "the first checkpoint", proc, log)
-            if fill == "bytes":
-                fill_bytes(disk, 8 << 20)  # < one checkpoint + the 64 MiB margin
-            else:
-                fill_inodes(disk, 4)  # a checkpoint needs 7 (folder + 6 files)
+            fill_disk(disk)
             rc = proc.wait(timeout=300)
         finally:
             end_group(proc)
+        text = log.read_text(errors="replace")
+        assert rc == 1, text[-4000:]  # failed, not "interrupted" (130), even when Tune could not save its state
+        assert "InsufficientStorageError" in text and "failed:" in text, text[-4000:]
+        if fill == "bytes":
+            assert "Not enough disk space for the next checkpoint" in text, text[-4000:]
+        else:
+            assert "Disk full while saving checkpoint" in text and "inodes free" in text, text[-4000:]
+        for needle in ACTIONABLE:
+            assert needle in text, (needle, text[-4000:])
+        assert "python -m tune_app.run resume=" in text
         _no_partial_checkpoint(study)
         (trial,) = trial_dirs(study)
-        state = trial_state(trial)
-        kept = tmp_path / "trial_state.json"  # what the assertions need after the tmpfs is gone
-        kept.write_text(json.dumps(state))
-        return rc, log.read_text(errors="replace"), kept
 
+        # No metric lost: MLflow holds every epoch up to the failed save; trial_state.json
+        # too, unless not one inode was left to rewrite it (the message says so).
+        (run,) = _trial_runs(tmp_path)
+        steps = run["steps"]["val_macro_f1"]
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2, steps
+        history = [h["epoch"] for h in trial_state(trial)["history"]]
+        if fill == "no_inodes":
+            assert history == steps[:-1], (history, steps)
+            assert "trial_state.json could not be updated (a resume re-runs this epoch)" in text, text[-4000:]
+        else:
+            assert history == steps, f"trial_state history {history} vs MLflow steps {steps}"
+        print(f"{fill}: the save of epoch {len(steps)} failed; MLflow has epochs 1..{len(steps)}, "
+              f"trial_state.json {history}")
 
-def _check_metrics_kept(tmp_path: Path, state_file: Path) -> int:
-    history = [h["epoch"] for h in json.loads(state_file.read_text())["history"]]
-    (run,) = [r for r in mlflow_runs(tmp_path, "full") if "tune_app.trial_id" in r["tags"]]  # the trial runs
-    steps = run["steps"]["val_macro_f1"]
-    assert steps == list(range(1, len(steps) + 1)), steps
-    assert history == steps, f"trial_state history {history} vs MLflow steps {steps}"
-    assert len(steps) >= 2, "the failing epoch's metrics are logged too"
-    return len(steps)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("fill", ["bytes", "inodes"])
-def test_study_on_a_filling_disk_stops_with_the_actionable_error(tmp_path: Path, fill: str) -> None:
-    options = "size=256m" if fill == "bytes" else "size=256m,nr_inodes=3000"
-    rc, text, state_file = _run_until_full(tmp_path, options, fill)
-    assert rc == 1, text[-4000:]
-    assert "InsufficientStorageError" in text and "failed:" in text, text[-4000:]
-    if fill == "inodes":
-        assert "Disk full while saving checkpoint" in text and "inodes free" in text, text[-4000:]
-    else:
-        assert "Not enough disk space for the next checkpoint" in text, text[-4000:]
-    for needle in ACTIONABLE:
-        assert needle in text, (needle, text[-4000:])
-    assert "python -m tune_app.run resume=" in text
-    epochs = _check_metrics_kept(tmp_path, state_file)
-    print(f"{fill}: the save of epoch {epochs} failed; epochs 1..{epochs} kept in trial_state.json and MLflow")
+        # Free the space and resume: the trial finishes, each epoch logged once.
+        shutil.rmtree(disk / "inode_filler", ignore_errors=True)
+        (disk / "filler.bin").unlink(missing_ok=True)
+        resumed = run_study(["resume=" + str(study)], tmp_path / "resume.log")
+        resume_text = (tmp_path / "resume.log").read_text(errors="replace")
+        assert resumed == 0 and "Study complete: 1/1 trials" in resume_text, resume_text[-4000:]
+        (run,) = _trial_runs(tmp_path)
+        assert run["steps"]["val_macro_f1"] == [1, 2, 3, 4]
+        assert [h["epoch"] for h in trial_state(trial)["history"]] == [1, 2, 3, 4]
+        assert trial_state(trial)["status"] == "completed"
+        _no_partial_checkpoint(study)

@@ -57,11 +57,15 @@ logger = logging.getLogger(__name__)
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
-def _disk_full_message(study_dir: Path, target: Path, projected_bytes: int, exc: OSError) -> str:
+def _disk_full_message(study_dir: Path, target: Path, projected_bytes: int, exc: OSError,
+                       metrics_written: bool) -> str:
     """What happened on a failed write, with the same facts and fixes as the preflight message."""
+    kept = ("this epoch's metrics were kept (trial_state.json, MLflow)" if metrics_written else
+            "this epoch's metrics went to Tune and MLflow, but trial_state.json could not be updated "
+            "(a resume re-runs this epoch)")
     lines = [f"Disk full while saving checkpoint {target.name} of {target.parent.name} "
              f"({os.strerror(exc.errno or errno.ENOSPC)}: {getattr(exc, 'filename', None) or target}); "
-             "no partial checkpoint was left and this epoch's metrics were kept (trial_state.json, MLflow)."]
+             f"no partial checkpoint was left and {kept}."]
     with contextlib.suppress(OSError):
         usage = shutil.disk_usage(study_dir)
         st = os.statvfs(study_dir)
@@ -124,16 +128,19 @@ def save_epoch_checkpoint(
             ENOSPC/EDQUOT (no partial checkpoint is left visible).
     """
     target, study_dir = Path(target), Path(study_dir)
+    metrics_written = before_save is None
     try:
         try:
             if before_save is not None:
                 before_save()
+                metrics_written = True
             ensure_room(study_dir, projected_bytes, reclaim, safety_margin_bytes=safety_margin_bytes)
             return save_checkpoint(target, **save_kwargs)
         except OSError as exc:
             if exc.errno not in DISK_FULL_ERRNOS:
                 raise
-            raise InsufficientStorageError(_disk_full_message(study_dir, target, projected_bytes, exc)) from exc
+            raise InsufficientStorageError(
+                _disk_full_message(study_dir, target, projected_bytes, exc, metrics_written)) from exc
     except BaseException:
         if on_failure is not None:
             try:

@@ -1,0 +1,124 @@
+"""How a finished ``fit()`` is summarised and reported: counts, failures and their messages.
+
+Tune's ``Result.error`` is read from the study folder; when the disk is full Tune's
+final state sync fails and the error files never get there. The trial's status in
+Tune's controller still says ERROR, and its error text is in the driver's staging
+folder: the study must end as *failed* (exit 1, the trial's actionable message), not
+as *interrupted*.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from ray.tune.experiment import Trial
+
+from tune_app.config import compose
+from tune_app.run import _report
+from tune_app.tuner import summarise
+
+ERROR_TEXT = """Failure # 1 (occurred at 2026-11-23_15-14-16)
+ray::ImplicitFunc.train() (pid=1, ip=1)
+tune_app.checkpoints.preflight.InsufficientStorageError: Disk full while saving checkpoint checkpoint_000002
+  free on its filesystem:     1 MiB of 256 MiB, 0 of 3000 inodes free
+"""
+
+
+@dataclass
+class FakeResult:
+    path: str
+    metrics: dict[str, Any]
+    error: Exception | None = None
+
+
+@dataclass
+class FakeGrid:
+    """The part of ``ResultGrid`` that ``summarise`` reads, with Tune's trials behind it."""
+
+    results: list[FakeResult]
+    trials: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._experiment_analysis = SimpleNamespace(trials=self.trials)
+
+    def __iter__(self) -> Any:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+
+def _trial(path: Path, status: str, error_file: Path | None = None) -> Any:
+    return SimpleNamespace(path=str(path), status=status, error_file=str(error_file) if error_file else None,
+                           run_metadata=SimpleNamespace(error_filename="error.txt" if error_file else None))
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Any:
+    return compose([f"tune.storage_path={tmp_path / 'experiments'}", "tune.num_samples=2",
+                        "tune.max_epochs=2", "tune.name=s"])
+
+
+def test_an_errored_trial_whose_error_file_never_reached_the_study_is_a_failure(
+        cfg: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    done_dir, failed_dir = cfg.study_dir / "train_trial_a", cfg.study_dir / "train_trial_b"
+    done_dir.mkdir(parents=True)
+    failed_dir.mkdir()
+    staging = tmp_path / "ray_session" / "driver_artifacts" / failed_dir.name
+    staging.mkdir(parents=True)
+    (staging / "error.txt").write_text(ERROR_TEXT)
+    grid = FakeGrid(
+        [FakeResult(str(done_dir), {"epoch": 2, "val_macro_f1": 0.5, "trial_id": "a"}),
+         FakeResult(str(failed_dir), {"epoch": 1, "val_macro_f1": 0.2, "trial_id": "b"})],  # error=None: not synced
+        [_trial(done_dir, Trial.TERMINATED), _trial(failed_dir, Trial.ERROR, staging / "error.txt")])
+
+    outcome = summarise(grid, cfg)
+
+    assert (outcome.terminated, outcome.errored, outcome.interrupted, outcome.complete) == (1, 1, False, False)
+    assert outcome.failures == ((failed_dir.name, staging / "error.txt"),)
+    assert (outcome.best_trial_id, outcome.best_score) == ("a", 0.5)
+    assert _report(outcome) == 1
+    err = capsys.readouterr().err
+    assert f"Trial {failed_dir.name} failed:\nInsufficientStorageError: Disk full while saving" in err
+    assert "0 of 3000 inodes free" in err and f"(error file: {staging / 'error.txt'})" in err
+    assert f"resume: python -m tune_app.run resume={cfg.study_dir}" in err
+
+
+def test_the_study_copy_of_the_error_file_is_preferred(cfg: Any, tmp_path: Path) -> None:
+    trial_dir = cfg.study_dir / "train_trial_b"
+    trial_dir.mkdir(parents=True)
+    (trial_dir / "error.txt").write_text(ERROR_TEXT)
+    staging = tmp_path / "staging_error.txt"
+    staging.write_text("stale")
+    grid = FakeGrid([FakeResult(str(trial_dir), {"epoch": 1})], [_trial(trial_dir, Trial.ERROR, staging)])
+    assert summarise(grid, cfg).failures == ((trial_dir.name, trial_dir / "error.txt"),)
+
+
+def test_a_failure_without_any_error_file_is_still_reported(
+        cfg: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    trial_dir = cfg.study_dir / "train_trial_b"
+    grid = FakeGrid([FakeResult(str(trial_dir), {"epoch": 1})], [_trial(trial_dir, Trial.ERROR)])
+    outcome = summarise(grid, cfg)
+    assert outcome.failures == ((trial_dir.name, None),)
+    assert _report(outcome) == 1
+    assert "(error file: none saved)" in capsys.readouterr().err
+
+
+def test_unfinished_trials_without_errors_are_an_interruption(cfg: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = FakeGrid([FakeResult(str(cfg.study_dir / "t"), {"epoch": 1})], [_trial(cfg.study_dir / "t", Trial.PAUSED)])
+    outcome = summarise(grid, cfg)
+    assert (outcome.errored, outcome.interrupted) == (0, True)
+    assert _report(outcome) == 130
+    assert "Study interrupted: 0/2 trials finished" in capsys.readouterr().err
+
+
+def test_without_tune_trials_the_result_error_decides(cfg: Any) -> None:
+    grid = FakeGrid([FakeResult(str(cfg.study_dir / "t"), {"epoch": 1}, error=RuntimeError("boom")),
+                     FakeResult(str(cfg.study_dir / "u"), {"epoch": 2})])
+    outcome = summarise(grid, cfg)
+    assert (outcome.terminated, outcome.errored) == (1, 1)
+    assert outcome.failures == (("t", cfg.study_dir / "t" / "error.txt"),)
