@@ -10,14 +10,16 @@ Conditionals (plain ``if``s; a parameter is absent when it has no effect):
   ``train.hybrid_alpha`` only for ``hybrid``;
 * ``augment.method`` / ``augment.probability`` only when ``augment.enabled``; only the
   offline methods (synonym, insert, swap, char_perturb) are sampled, never
-  back_translation (it needs translation models).
+  back_translation (it needs translation models);
+* ``train.crf_lr_multiplier`` / ``train.crf_loss_reduction`` only for the ``bio_crf``
+  evidence head.
 
-Also sampled: ``model.gradient_checkpointing``.
+Also sampled: ``model.gradient_checkpointing``; ``train.epochs`` from half of the study's
+``tune.max_epochs`` (rounded up) to all of it; ``train.seed_policy`` (``study``: the
+study's seed, ``per_trial``: a seed derived from it and the trial's params; either way a
+trial is reproducible from its params + the study config).
 
-Not sampled: epochs (the study's ``tune.max_epochs``), the encoder (``model.name`` stays as
-configured), ``data.max_length``. Seed policy: fixed, every trial uses the study's
-``seed`` (a top-level key, which ``apply_params`` cannot set; trials differ by their
-hyperparameters only, so a trial is reproducible from its params + the study config).
+Not sampled: the encoder (``model.name`` stays as configured), ``data.max_length``.
 
 The learning-rate and head-multiplier ranges depend on ``settings["model"]``: the
 random-init ``tiny`` encoder trains from scratch (larger LRs), pretrained encoders are
@@ -36,6 +38,8 @@ COUPLING_METHODS: tuple[str, ...] = ("concat", "add", "mean", "weighted_sum", "w
 COUPLING_POOLINGS: tuple[str, ...] = ("mean", "max", "attention")
 CRITERIA_LOSSES: tuple[str, ...] = ("bce", "weighted_bce", "focal", "adaptive_focal", "hybrid")
 FOCAL_LOSSES: tuple[str, ...] = ("focal", "adaptive_focal", "hybrid")
+CRF_LOSS_REDUCTIONS: tuple[str, ...] = ("token_mean", "slot_mean")
+SEED_POLICIES: tuple[str, ...] = ("study", "per_trial")
 AUGMENT_METHODS: tuple[str, ...] = ("synonym", "insert", "swap", "char_perturb")
 HEAD_HIDDEN: tuple[int, ...] = (128, 256, 512, 1024)
 
@@ -54,6 +58,9 @@ def define(trial: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
     kind = "tiny" if settings.get("model", "tiny") == "tiny" else "pretrained"
 
     # Optimisation.
+    max_epochs = int(settings.get("max_epochs", 1))
+    trial.suggest_int("train.epochs", (max_epochs + 1) // 2, max_epochs)
+    trial.suggest_categorical("train.seed_policy", list(SEED_POLICIES))
     trial.suggest_float("train.lr", *LR_RANGE[kind], log=True)
     trial.suggest_categorical("train.batch_size", [8, 16, 32])
     trial.suggest_categorical("train.grad_accumulation_steps", [1, 2, 4])
@@ -70,6 +77,9 @@ def define(trial: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
     evidence_head = trial.suggest_categorical("model.evidence_head", list(EVIDENCE_HEADS))
     if head_hidden_used(criteria_head, evidence_head):
         trial.suggest_categorical("model.head_hidden", list(HEAD_HIDDEN))
+    if evidence_head == "bio_crf":
+        trial.suggest_float("train.crf_lr_multiplier", 1.0, 100.0, log=True)
+        trial.suggest_categorical("train.crf_loss_reduction", list(CRF_LOSS_REDUCTIONS))
     trial.suggest_float("model.dropout", 0.1, 0.5)
     trial.suggest_categorical("model.pooling", list(POOLINGS))
     if trial.suggest_categorical("model.coupling", ["independent", "coupled"]) == "coupled":

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tune_app.config import ConfigError, compose, group_options
-from tune_app.trainable import apply_params
+from tune_app.trainable import apply_params, trial_seed
 
 REPO_ARGS = {"cwd": str(__import__("pathlib").Path(__file__).resolve().parents[1])}
 
@@ -46,6 +46,10 @@ def test_overrides_apply(tmp_path) -> None:
         ("data.split_ratios=[0.5,0.5,0.5]", ["data.split_ratios", "sum to 1"]),
         ("searchspace=huge", ["searchspace", "small"]),
         ("+tune.bogus=1", ["tune.bogus", "allowed keys"]),
+        ("train.epochs=9", ["train.epochs=9", "tune.max_epochs=4", "raise tune.max_epochs"]),
+        ("train.seed_policy=random", ["train.seed_policy", "study", "per_trial"]),
+        ("train.crf_loss_reduction=sum", ["train.crf_loss_reduction", "token_mean", "slot_mean"]),
+        ("train.crf_lr_multiplier=0", ["train.crf_lr_multiplier", "[0.1, 1000.0]"]),
     ],
 )
 def test_invalid_values_name_key_and_allowed_values(override: str, expected: list[str]) -> None:
@@ -53,6 +57,22 @@ def test_invalid_values_name_key_and_allowed_values(override: str, expected: lis
         compose([override])
     for text in expected:
         assert text in str(err.value), (text, str(err.value))
+
+
+def test_trial_seed_follows_the_seed_policy() -> None:
+    params = {"train.lr": 0.01, "train.seed_policy": "per_trial"}
+    cfg = apply_params(compose(["seed=7"]), params)
+    seed = trial_seed(cfg, params)
+    assert seed == trial_seed(cfg, dict(reversed(params.items())))  # reproducible from the params
+    assert 0 <= seed < 2**31 and seed != 7
+    assert trial_seed(cfg, {**params, "train.lr": 0.02}) != seed  # trials differ
+    assert trial_seed(apply_params(compose(["seed=8"]), params), params) != seed  # and studies too
+    assert trial_seed(compose(["seed=7"]), {"train.lr": 0.01}) == 7  # policy "study"
+
+
+def test_trial_epochs_default_to_the_study_maximum() -> None:
+    assert compose(["tune.max_epochs=3"]).trial_epochs == 3
+    assert compose(["tune.max_epochs=3", "train.epochs=2"]).trial_epochs == 2
 
 
 def test_sampled_params_are_validated_before_training() -> None:

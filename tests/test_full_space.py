@@ -15,13 +15,13 @@ import torch
 from searchspaces import full, load_space
 from tests.training import batches, synthetic_posts
 from tune_app.config import AppConfig, compose
-from tune_app.models.dual_head import COUPLING_METHODS, COUPLING_POOLINGS, build_model
+from tune_app.models.dual_head import COUPLING_METHODS, COUPLING_POOLINGS
 from tune_app.models.encoders import LoadedEncoder, load_encoder
 from tune_app.models.heads import CRITERIA_HEADS, EVIDENCE_HEADS, POOLINGS
 from tune_app.models.losses import CRITERIA_LOSSES, pos_weight_from_labels
-from tune_app.trainable import apply_params, num_outputs
+from tune_app.trainable import apply_params, make_model, make_optimizer
 from tune_app.training.loop import train_one_epoch
-from tune_app.training.optim import build_optimizer, build_scheduler, optimizer_steps
+from tune_app.training.optim import build_scheduler, optimizer_steps
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -64,6 +64,11 @@ def test_conditionals_hold(samples: list[dict[str, Any]]) -> None:
         assert ("augment.method" in p) == ("augment.probability" in p) == p["augment.enabled"], p
         used = p["model.criteria_head"] != "linear" or p["model.evidence_head"] != "start_end_linear"
         assert ("model.head_hidden" in p) == used, p
+        crf = p["model.evidence_head"] == "bio_crf"
+        assert ("train.crf_lr_multiplier" in p) == ("train.crf_loss_reduction" in p) == crf, p
+        if crf:
+            assert 1.0 <= p["train.crf_lr_multiplier"] <= 100.0
+        assert p["train.epochs"] in (1, 2) and p["train.seed_policy"] in ("study", "per_trial"), p
         if "train.focal_gamma" in p:
             assert 1.0 <= p["train.focal_gamma"] <= 5.0
         if "train.hybrid_alpha" in p:
@@ -92,6 +97,9 @@ def test_every_option_is_sampled(samples: list[dict[str, Any]]) -> None:
     assert values("augment.method") == set(full.AUGMENT_METHODS)
     assert values("train.grad_accumulation_steps") == {1, 2, 4}
     assert values("model.gradient_checkpointing") == {False, True}
+    assert values("train.epochs") == {1, 2}  # max_epochs=2: from half (rounded up) to all
+    assert values("train.seed_policy") == {"study", "per_trial"}
+    assert values("train.crf_loss_reduction") == {"token_mean", "slot_mean"}
     assert 0.0 in values("train.fgm_epsilon") and max(values("train.fgm_epsilon")) > 0
 
 
@@ -150,20 +158,16 @@ def test_200_sampled_configs_validate_build_and_train(
         encoder.model.load_state_dict(initial)
         torch.manual_seed(i)
         m, t = cfg.model, cfg.train
-        model = build_model(encoder, num_outputs=num_outputs(cfg), criteria_head=m.criteria_head,
-                            evidence_head=m.evidence_head, pooling=m.pooling,
-                            head_hidden=m.head_hidden, dropout=m.dropout, coupling=m.coupling,
-                            coupling_method=m.coupling_method, coupling_pooling=m.coupling_pooling,
-                            seed=i)
+        model = make_model(cfg, encoder, seed=i)
+        if m.evidence_head == "bio_crf":
+            assert model.evidence_head.loss_reduction == t.crf_loss_reduction
         loader = data[cfg.data.input_format]
         labels = torch.cat([b["criteria_labels"] for b in loader])
         loss_kwargs = {"evidence_weight": t.evidence_weight, "criteria_loss": t.criteria_loss,
                        "pos_weight": pos_weight_from_labels(labels) if t.criteria_loss == "weighted_bce" else None,
                        "label_smoothing": t.label_smoothing, "focal_gamma": t.focal_gamma,
                        "hybrid_alpha": t.hybrid_alpha}
-        opt = build_optimizer(model, name=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
-                              layerwise_lr_decay=t.layerwise_lr_decay,
-                              head_lr_multiplier=t.head_lr_multiplier)
+        opt = make_optimizer(cfg, model)
         sched = build_scheduler(opt, name=t.scheduler, warmup_ratio=t.warmup_ratio,
                                 total_steps=optimizer_steps(len(loader), t.grad_accumulation_steps))
         grads: list[float] = []

@@ -33,6 +33,7 @@ class FakeResult:
     path: str
     metrics: dict[str, Any]
     error: Exception | None = None
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -122,3 +123,11 @@ def test_without_tune_trials_the_result_error_decides(cfg: Any) -> None:
     outcome = summarise(grid, cfg)
     assert (outcome.terminated, outcome.errored) == (1, 1)
     assert outcome.failures == (("t", cfg.study_dir / "t" / "error.txt"),)
+
+
+def test_a_trial_that_sampled_fewer_epochs_is_finished(cfg: Any) -> None:
+    short = FakeResult(str(cfg.study_dir / "t"), {"epoch": 1}, config={"train.epochs": 1})
+    assert summarise(FakeGrid([short], [_trial(cfg.study_dir / "t", Trial.TERMINATED)]), cfg).terminated == 1
+    assert summarise(FakeGrid([short]), cfg).terminated == 1  # without Tune's trials: its planned epochs
+    unfinished = FakeResult(str(cfg.study_dir / "u"), {"epoch": 1}, config={"train.epochs": 2})
+    assert summarise(FakeGrid([unfinished]), cfg).terminated == 0

@@ -27,6 +27,10 @@ OPTIMISABLE_METRICS: tuple[str, ...] = (
     "val_joint_score",
 )
 
+#: ``train.seed_policy``: ``study`` = every trial uses the study ``seed``; ``per_trial`` =
+#: a seed derived from the study seed and the trial's sampled params (reproducible).
+SEED_POLICIES: tuple[str, ...] = ("study", "per_trial")
+
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the key and the allowed values."""
@@ -109,6 +113,8 @@ class TrainConfig:
 
     batch_size: int = 8
     lr: float = 5e-3
+    epochs: int = 0  # this trial's epochs; 0 = the study's tune.max_epochs (the most a trial may run)
+    seed_policy: str = "study"  # study: every trial uses the study seed | per_trial: derived from its params
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     evidence_weight: float = 0.5
@@ -124,6 +130,8 @@ class TrainConfig:
     fgm_epsilon: float = 0.0  # 0 = no adversarial perturbation
     mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA) | off
     max_grad_norm: float = 1.0
+    crf_lr_multiplier: float = 1.0  # bio_crf: CRF transitions' LR = heads' LR * this
+    crf_loss_reduction: str = "token_mean"  # bio_crf: NLL / valid tokens | slot_mean: / evidence slots
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
     deterministic: bool = True
@@ -182,6 +190,11 @@ class AppConfig:
     @property
     def study_dir(self) -> Path:
         return self.storage_dir / self.tune.name
+
+    @property
+    def trial_epochs(self) -> int:
+        """Epochs this trial trains: ``train.epochs``, or ``tune.max_epochs`` when 0."""
+        return self.train.epochs or self.tune.max_epochs
 
     @property
     def tracking_uri(self) -> str:
@@ -294,7 +307,7 @@ def validate(cfg: AppConfig) -> None:
     """Check every value a run depends on; raise ``ConfigError`` on the first problem."""
     from searchspaces import available_spaces
     from tune_app.models.encoders import ENCODER_CATALOG
-    from tune_app.models.heads import CRITERIA_HEADS, EVIDENCE_HEADS, POOLINGS
+    from tune_app.models.heads import CRF_LOSS_REDUCTIONS, CRITERIA_HEADS, EVIDENCE_HEADS, POOLINGS
     from tune_app.models.losses import CRITERIA_LOSSES
 
     _choice("model.name", cfg.model.name, tuple(ENCODER_CATALOG))
@@ -376,6 +389,13 @@ def validate(cfg: AppConfig) -> None:
     _fraction("train.threshold", cfg.train.threshold, 0.0, 1.0)
     _choice("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
     _positive_int("train.num_workers", cfg.train.num_workers, 0)
+    _positive_int("train.epochs", cfg.train.epochs, 0)
+    if cfg.train.epochs > cfg.tune.max_epochs:
+        raise ConfigError(f"train.epochs={cfg.train.epochs} is invalid: must be between 1 and tune.max_epochs="
+                          f"{cfg.tune.max_epochs} (or 0 for tune.max_epochs); raise tune.max_epochs to train longer")
+    _choice("train.seed_policy", cfg.train.seed_policy, SEED_POLICIES)
+    _fraction("train.crf_lr_multiplier", cfg.train.crf_lr_multiplier, 0.1, 1000.0)
+    _choice("train.crf_loss_reduction", cfg.train.crf_loss_reduction, CRF_LOSS_REDUCTIONS)
 
 
 def load_study_config(study_dir: Path) -> AppConfig:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -82,6 +83,16 @@ def seed_everything(seed: int, *, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def trial_seed(cfg: AppConfig, params: dict[str, Any]) -> int:
+    """The trial's seed under ``train.seed_policy``: the study ``seed``, or (``per_trial``)
+    one derived from it and the sampled ``params``, so trials differ in their random
+    draws yet each is reproducible from its params plus the study config."""
+    if cfg.train.seed_policy == "study":
+        return cfg.seed
+    digest = hashlib.sha256(json.dumps([cfg.seed, params], sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 2**31
+
+
 def _worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
@@ -125,6 +136,29 @@ def num_labels(cfg: AppConfig) -> int:
 def num_outputs(cfg: AppConfig) -> int:
     """Criteria logits per model input: one per label, or one per (post, criterion) pair."""
     return 1 if cfg.data.input_format == "binary_pairs" else num_labels(cfg)
+
+
+# --- model and optimiser --------------------------------------------------------------
+def make_model(cfg: AppConfig, encoder: Any, *, seed: int) -> Any:
+    """The dual-head model ``cfg.model`` describes, on ``encoder`` (heads seeded by ``seed``)."""
+    from tune_app.models.dual_head import build_model
+
+    m = cfg.model
+    options = {"loss_reduction": cfg.train.crf_loss_reduction} if m.evidence_head == "bio_crf" else None
+    return build_model(encoder, num_outputs=num_outputs(cfg), criteria_head=m.criteria_head,
+                       evidence_head=m.evidence_head, pooling=m.pooling, head_hidden=m.head_hidden,
+                       dropout=m.dropout, coupling=m.coupling, coupling_method=m.coupling_method,
+                       coupling_pooling=m.coupling_pooling, evidence_options=options, seed=seed)
+
+
+def make_optimizer(cfg: AppConfig, model: Any) -> torch.optim.Optimizer:
+    """The optimiser ``cfg.train`` describes (groups: layer-wise decay, heads, CRF)."""
+    from tune_app.training import build_optimizer
+
+    t = cfg.train
+    return build_optimizer(model, name=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
+                           layerwise_lr_decay=t.layerwise_lr_decay, head_lr_multiplier=t.head_lr_multiplier,
+                           crf_lr_multiplier=t.crf_lr_multiplier)
 
 
 # --- one epoch ------------------------------------------------------------------------
@@ -261,11 +295,9 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     )
     from tune_app.data.redsm5 import load_splits
     from tune_app.evaluation.report import write_trial_report
-    from tune_app.models.dual_head import build_model
     from tune_app.models.encoders import load_encoder
     from tune_app.tracking.progress import log_epoch_progress
     from tune_app.training import (
-        build_optimizer,
         build_scheduler,
         make_grad_scaler,
         optimizer_steps,
@@ -274,7 +306,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
 
     study_dir = cfg.study_dir
     write_text_atomic(trial_dir / TRIAL_CONFIG, cfg.to_yaml())
-    seed = cfg.seed
+    seed = trial_seed(cfg, params)
     seed_everything(seed, deterministic=cfg.train.deterministic)
     device = select_device(cfg.train.device)
 
@@ -296,19 +328,15 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
 
     encoder = load_encoder(cfg.model.name, revision=cfg.model.revision, seed=seed,
                            gradient_checkpointing=cfg.model.gradient_checkpointing)
-    model = build_model(encoder, num_outputs=num_outputs(cfg), criteria_head=cfg.model.criteria_head,
-                        evidence_head=cfg.model.evidence_head, pooling=cfg.model.pooling,
-                        head_hidden=cfg.model.head_hidden, dropout=cfg.model.dropout,
-                        coupling=cfg.model.coupling, coupling_method=cfg.model.coupling_method,
-                        coupling_pooling=cfg.model.coupling_pooling, seed=seed).to(device)
+    model = make_model(cfg, encoder, seed=seed).to(device)
     train = build_split(train_posts, encoder.tokenizer, cfg, shuffle=True, seed=seed)
     val = build_split(val_posts, encoder.tokenizer, cfg, shuffle=False, seed=seed)
     t = cfg.train
-    optimizer = build_optimizer(model, name=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
-                                layerwise_lr_decay=t.layerwise_lr_decay, head_lr_multiplier=t.head_lr_multiplier)
+    optimizer = make_optimizer(cfg, model)
     steps_per_epoch = optimizer_steps(len(train.loader), t.grad_accumulation_steps)
+    epochs = cfg.trial_epochs
     scheduler = build_scheduler(optimizer, name=t.scheduler, warmup_ratio=t.warmup_ratio,
-                                total_steps=steps_per_epoch * cfg.tune.max_epochs)
+                                total_steps=steps_per_epoch * epochs)
     scaler = make_grad_scaler(device, t.mixed_precision)
     compat = compat_metadata(model, cfg)
     pos_weight = class_weights(train, cfg, device)
@@ -350,7 +378,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     ensure_room(study_dir, projected, reclaim)
 
     epoch_times: list[float] = []
-    for epoch in range(start_epoch, cfg.tune.max_epochs + 1):
+    for epoch in range(start_epoch, epochs + 1):
         assert train.loader.generator is not None
         train.loader.generator.manual_seed(seed * 100_003 + epoch)
         epoch_start = time.monotonic()
@@ -362,10 +390,10 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
                                    **evaluate(model, val, cfg, device, loss_kwargs=loss_kwargs)}
         metrics["epoch_time_s"] = time.monotonic() - epoch_start
         epoch_times.append(metrics["epoch_time_s"])
-        log_epoch_progress(epoch, cfg.tune.max_epochs, trial_id=ctx.get_trial_id(), metrics=metrics,
+        log_epoch_progress(epoch, epochs, trial_id=ctx.get_trial_id(), metrics=metrics,
                            metric=cfg.tune.metric, epoch_times=epoch_times, study_dir=study_dir)
         state.history.append(dict(metrics))
-        state.status = "completed" if epoch == cfg.tune.max_epochs else "running"
+        state.status = "completed" if epoch == epochs else "running"
 
         target = next_checkpoint_dir(storage)
 
@@ -393,7 +421,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
                            mode=cfg.tune.mode, params=params)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(staging)))
 
-    if start_epoch > cfg.tune.max_epochs and state.history:
+    if start_epoch > epochs and state.history:
         # Restarted after its last epoch (e.g. killed before Tune recorded the end):
         # report the final result again; MLflow skips the step it already holds.
         tune.report(dict(state.history[-1]))

@@ -209,6 +209,12 @@ def _error_file(trial: Any) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
+def _planned_epochs(result: Any, cfg: AppConfig) -> int:
+    """The epochs a trial was to train: its sampled ``train.epochs``, else the study's."""
+    params = getattr(result, "config", None) or {}
+    return int(params.get("train.epochs") or cfg.tune.max_epochs)
+
+
 def summarise(result_grid: Any, cfg: AppConfig) -> StudyOutcome:
     """Count finished and failed trials and find the best one, from Tune's results."""
     from ray.tune.experiment import Trial
@@ -223,7 +229,9 @@ def summarise(result_grid: Any, cfg: AppConfig) -> StudyOutcome:
         if (trial is not None and trial.status == Trial.ERROR) or result.error is not None:
             failures.append((Path(result.path).name, _error_file(trial) if trial is not None
                              else Path(result.path) / "error.txt"))
-        elif metrics.get("epoch") == cfg.tune.max_epochs or metrics.get("done"):
+        elif trial is not None:
+            terminated += int(trial.status == Trial.TERMINATED)
+        elif metrics.get("done") or metrics.get("epoch") == _planned_epochs(result, cfg):
             terminated += 1
         score = metrics.get(cfg.tune.metric)
         if isinstance(score, int | float) and (best is None or score > best):

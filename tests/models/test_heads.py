@@ -295,6 +295,24 @@ def test_crf_nll_matches_brute_force() -> None:
     torch.testing.assert_close(got, want)
 
 
+def test_crf_loss_reductions_average_over_tokens_or_slots() -> None:
+    torch.manual_seed(2)
+    heads = {r: BioCrfHead(8, 2, hidden=8, loss_reduction=r) for r in ("token_mean", "slot_mean")}
+    heads["slot_mean"].load_state_dict(heads["token_mean"].state_dict())
+    sequence, mask = torch.randn(2, 5, 8), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    batch = {"evidence_start": torch.tensor([[1, -100], [2, 0]]), "evidence_end": torch.tensor([[3, -100], [2, 0]])}
+    with torch.no_grad():
+        losses = {}
+        for reduction, head in heads.items():
+            head.eval()
+            _, _, aux = head.compute(sequence, mask)
+            losses[reduction] = head.loss(aux, batch)
+    kept_slots, kept_tokens = 3, 5 + 3 + 3  # slot (0,1) is ignored
+    torch.testing.assert_close(losses["token_mean"] * kept_tokens, losses["slot_mean"] * kept_slots)
+    with pytest.raises(ValueError, match="loss_reduction 'sum'; allowed: token_mean, slot_mean"):
+        BioCrfHead(8, 1, loss_reduction="sum")
+
+
 def test_bio_span_roundtrip() -> None:
     start = torch.tensor([0, 1, 3, 2])
     end = torch.tensor([0, 3, 3, 4])

@@ -170,3 +170,19 @@ def test_optimizer_steps() -> None:
     assert optimizer_steps(10, 1) == 10
     assert optimizer_steps(10, 4, epochs=3) == 9  # 3 steps per epoch (4, 4, 2)
     assert optimizer_steps(8, 4) == 2
+
+
+def test_crf_transitions_get_their_own_learning_rate_without_decay() -> None:
+    enc = load_encoder("tiny", seed=0)
+    crf_model = build_model(enc, num_outputs=3, evidence_head="bio_crf", head_hidden=16, seed=0)
+    groups = param_groups(crf_model, lr=LR, weight_decay=WD, head_lr_multiplier=MULT, crf_lr_multiplier=30.0)
+    g = _lookup(crf_model, groups)
+    crf = [n for n in g if ".crf." in n]
+    assert sorted(n.rsplit(".", 1)[1] for n in crf) == ["end_transitions", "start_transitions", "transitions"]
+    for name in crf:
+        assert g[name]["name"] == "crf/no_decay" and g[name]["weight_decay"] == 0.0
+        assert g[name]["lr"] == pytest.approx(LR * MULT * 30.0)
+    assert g["evidence_head.emit.1.weight"]["lr"] == LR * MULT and g["evidence_head.emit.1.weight"]["name"] == "heads"
+    assert [x["name"] for x in groups][-1] == "crf/no_decay"
+    with pytest.raises(ValueError, match="crf_lr_multiplier must be > 0"):
+        param_groups(crf_model, lr=LR, weight_decay=WD, crf_lr_multiplier=0.0)

@@ -139,11 +139,14 @@ def build_model(encoder: LoadedEncoder, *, num_outputs: int, criteria_head: str 
                 evidence_head: str = "start_end_linear", pooling: str = "cls",
                 head_hidden: int = 256, dropout: float = 0.1, coupling: str = "independent",
                 coupling_method: str = "concat", coupling_pooling: str = "mean",
+                evidence_options: Mapping[str, Any] | None = None,
                 seed: int | None = None) -> DualHeadModel:
     """Assemble a :class:`DualHeadModel` on ``encoder`` with ``num_outputs`` criteria
     (one evidence slot each). Names come from the registries in ``heads.py``; unknown
-    names raise ``ValueError`` listing the allowed ones. With ``seed`` the head weights
-    are initialised from it (on a forked RNG); otherwise from the global RNG.
+    names raise ``ValueError`` listing the allowed ones. ``evidence_options`` are extra
+    keyword arguments of the evidence head (``bio_crf``: ``loss_reduction``). With
+    ``seed`` the head weights are initialised from it (on a forked RNG); otherwise from
+    the global RNG.
     """
     _pick("criteria_head", criteria_head, CRITERIA_HEADS)
     _pick("evidence_head", evidence_head, EVIDENCE_HEADS)
@@ -159,7 +162,7 @@ def build_model(encoder: LoadedEncoder, *, num_outputs: int, criteria_head: str 
         pool = POOLINGS[pooling](h)
         crit = CRITERIA_HEADS[criteria_head](h, num_outputs, hidden=head_hidden, dropout=dropout)
         ev = ev_cls(h, num_outputs, hidden=head_hidden, dropout=dropout,
-                    **ev_cls.tokenizer_kwargs(encoder.tokenizer))
+                    **ev_cls.tokenizer_kwargs(encoder.tokenizer), **(evidence_options or {}))
         coup = (Coupling(h, num_outputs, method=coupling_method, pooling=coupling_pooling)
                 if coupling == "coupled" else None)
         config = {

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "CRF_LOSS_REDUCTIONS",
     "CRITERIA_HEADS",
     "EVIDENCE_HEADS",
     "POOLINGS",
@@ -420,6 +421,11 @@ class BiaffineHead(EvidenceHead):
 # BIO tags of the CRF head.
 TAG_O, TAG_B, TAG_I = 0, 1, 2
 
+#: How the CRF head averages its negative log-likelihood: over the valid tokens of the
+#: kept slots (``token_mean``: long posts weigh more) or over the kept slots (``slot_mean``:
+#: every post-criterion pair weighs the same).
+CRF_LOSS_REDUCTIONS: tuple[str, ...] = ("token_mean", "slot_mean")
+
 
 def viterbi_decode(emissions: Tensor, mask: Tensor, start_transitions: Tensor,
                    transitions: Tensor, end_transitions: Tensor) -> Tensor:
@@ -478,7 +484,8 @@ def span_to_bio(start: Tensor, end: Tensor, length: int) -> Tensor:
 @register_evidence_head("bio_crf")
 class BioCrfHead(EvidenceHead):
     """Per-slot BIO tagging with a linear-chain CRF (``torchcrf.CRF``, transitions shared by
-    the slots). Trains with the CRF negative log-likelihood (``loss``, per-token mean);
+    the slots). Trains with the CRF negative log-likelihood (``loss``, averaged as
+    ``loss_reduction`` says, see :data:`CRF_LOSS_REDUCTIONS`);
     ``start_logits``/``end_logits`` come from the Viterbi path converted to a span (0 at
     the decoded start/end, -1e4 at other valid positions; not differentiable). [CLS] is
     forced to O."""
@@ -486,9 +493,14 @@ class BioCrfHead(EvidenceHead):
     has_custom_loss = True
 
     def __init__(self, hidden_size: int, num_slots: int, *, hidden: int = 256,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, loss_reduction: str = "token_mean") -> None:
         super().__init__(hidden_size, num_slots, hidden=hidden, dropout=dropout)
         from torchcrf import CRF
+
+        if loss_reduction not in CRF_LOSS_REDUCTIONS:
+            raise ValueError(f"unknown CRF loss_reduction {loss_reduction!r}; allowed: "
+                             f"{', '.join(CRF_LOSS_REDUCTIONS)}")
+        self.loss_reduction = loss_reduction
 
         self.emit = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, hidden), nn.GELU(),
                                   nn.Dropout(dropout), nn.Linear(hidden, 3 * num_slots))
@@ -528,8 +540,8 @@ class BioCrfHead(EvidenceHead):
         return mask_positions(start, attention_mask), mask_positions(end, attention_mask), aux
 
     def loss(self, aux: EvidenceAux, batch: Mapping[str, Tensor]) -> Tensor:
-        """CRF negative log-likelihood of the gold BIO tags, averaged over tokens of the
-        slots whose target is not ignored (``evidence_start == -100``)."""
+        """CRF negative log-likelihood of the gold BIO tags of the slots whose target is not
+        ignored (``evidence_start == -100``), averaged over their tokens or over the slots."""
         em = aux["emissions"]
         b, c, t, k = em.shape
         start = batch["evidence_start"].to(em.device).long()
@@ -540,8 +552,11 @@ class BioCrfHead(EvidenceHead):
         tags = tags.masked_fill(~mask, TAG_O)
         llh = self.crf(em.reshape(b * c, t, k), tags.reshape(b * c, t),
                        mask.reshape(b * c, t), reduction="none").view(b, c)
-        tokens = (mask.sum(-1).float() * keep).sum().clamp_min(1.0)
-        return -(llh * keep).sum() / tokens
+        if self.loss_reduction == "slot_mean":
+            count = keep.float().sum().clamp_min(1.0)
+        else:
+            count = (mask.sum(-1).float() * keep).sum().clamp_min(1.0)
+        return -(llh * keep).sum() / count
 
 
 #: Tokens that end a sentence when the reranker derives sentences from input_ids.

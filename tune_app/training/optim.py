@@ -6,10 +6,13 @@ Parameter groups (:func:`param_groups`), with ``L`` encoder layers and decay ``d
   ``lr * d ** (L - N)``;
 * encoder embeddings (names containing ``embeddings``): ``lr * d ** (L + 1)`` (lowest);
 * anything else in the encoder (final LayerNorm, pooler): the top, ``lr``;
-* everything outside ``model.encoder`` (pooling, heads, coupling): ``lr * head_lr_multiplier``.
+* everything outside ``model.encoder`` (pooling, heads, coupling): ``lr * head_lr_multiplier``;
+* the transition scores of a CRF (names containing ``crf.``, the ``bio_crf`` head):
+  ``lr * head_lr_multiplier * crf_lr_multiplier``, no weight decay (a CRF's few
+  transition scores usually want a larger step than the emission weights).
 
 Biases and LayerNorm weights get no weight decay. Groups carry a ``name`` key
-(``"embeddings"``, ``"layer_3"``, ``"encoder_top"``, ``"heads"``, ``+ "/no_decay"``).
+(``"embeddings"``, ``"layer_3"``, ``"encoder_top"``, ``"heads"``, ``"crf"``, ``+ "/no_decay"``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ OPTIMIZERS: tuple[str, ...] = ("adamw", "radam")
 SCHEDULERS: tuple[str, ...] = ("linear", "cosine")
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:encoder|transformer)\.layer\.(\d+)\.")
+_CRF_RE = re.compile(r"(?:^|\.)crf\.")
 _NORM_NAME_RE = re.compile(r"^(?:layer_?norm|ln(?:_\w+)?)$", re.IGNORECASE)
 
 
@@ -68,14 +72,16 @@ def num_encoder_layers(encoder: nn.Module) -> int:
 
 
 def param_groups(model: nn.Module, *, lr: float, weight_decay: float,
-                 layerwise_lr_decay: float = 1.0,
-                 head_lr_multiplier: float = 1.0) -> list[dict[str, Any]]:
+                 layerwise_lr_decay: float = 1.0, head_lr_multiplier: float = 1.0,
+                 crf_lr_multiplier: float = 1.0) -> list[dict[str, Any]]:
     """Optimizer parameter groups (see the module docstring); empty groups are dropped,
-    order is deterministic (embeddings, layers bottom-up, encoder top, heads)."""
+    order is deterministic (embeddings, layers bottom-up, encoder top, heads, crf)."""
     if not 0.0 < layerwise_lr_decay <= 1.0:
         raise ValueError(f"layerwise_lr_decay must be in (0, 1], got {layerwise_lr_decay}")
     if head_lr_multiplier <= 0:
         raise ValueError(f"head_lr_multiplier must be > 0, got {head_lr_multiplier}")
+    if crf_lr_multiplier <= 0:
+        raise ValueError(f"crf_lr_multiplier must be > 0, got {crf_lr_multiplier}")
     encoder = getattr(model, "encoder", None)
     if not isinstance(encoder, nn.Module):
         raise TypeError("build_optimizer needs a model with an `encoder` submodule (DualHeadModel)")
@@ -83,8 +89,8 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float,
     layers = num_encoder_layers(encoder)
     groups: dict[tuple[int, bool], _Group] = {}
 
-    def add(key: int, base: str, group_lr: float, p: nn.Parameter) -> None:
-        nd = id(p) in no_decay
+    def add(key: int, base: str, group_lr: float, p: nn.Parameter, nd: bool | None = None) -> None:
+        nd = id(p) in no_decay if nd is None else nd
         g = groups.get((key, nd))
         if g is None:
             g = groups[(key, nd)] = _Group(base + ("/no_decay" if nd else ""), group_lr,
@@ -100,21 +106,24 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float,
         base = ("embeddings" if depth == 0 else "encoder_top" if depth == layers + 1
                 else f"layer_{depth - 1}")
         add(depth, base, lr * layerwise_lr_decay ** (layers + 1 - depth), p)
-    for _, p in model.named_parameters():
+    for name, p in model.named_parameters():
         if id(p) in seen or not p.requires_grad:
             continue
-        add(layers + 2, "heads", lr * head_lr_multiplier, p)
+        if _CRF_RE.search(name):
+            add(layers + 3, "crf", lr * head_lr_multiplier * crf_lr_multiplier, p, nd=True)
+        else:
+            add(layers + 2, "heads", lr * head_lr_multiplier, p)
     return [{"params": g.params, "lr": g.lr, "weight_decay": g.weight_decay, "name": g.name}
             for _, g in sorted(groups.items())]
 
 
 def build_optimizer(model: nn.Module, *, name: str, lr: float, weight_decay: float,
-                    layerwise_lr_decay: float = 1.0,
-                    head_lr_multiplier: float = 1.0) -> torch.optim.Optimizer:
+                    layerwise_lr_decay: float = 1.0, head_lr_multiplier: float = 1.0,
+                    crf_lr_multiplier: float = 1.0) -> torch.optim.Optimizer:
     """AdamW or RAdam (decoupled weight decay) over :func:`param_groups` of ``model``."""
     groups = param_groups(model, lr=lr, weight_decay=weight_decay,
                           layerwise_lr_decay=layerwise_lr_decay,
-                          head_lr_multiplier=head_lr_multiplier)
+                          head_lr_multiplier=head_lr_multiplier, crf_lr_multiplier=crf_lr_multiplier)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     if name == "radam":
