@@ -128,6 +128,13 @@ def test_without_tune_trials_the_result_error_decides(cfg: Any) -> None:
 def test_a_trial_that_sampled_fewer_epochs_is_finished(cfg: Any) -> None:
     short = FakeResult(str(cfg.study_dir / "t"), {"epoch": 1}, config={"train.epochs": 1})
     assert summarise(FakeGrid([short], [_trial(cfg.study_dir / "t", Trial.TERMINATED)]), cfg).terminated == 1
-    assert summarise(FakeGrid([short]), cfg).terminated == 1  # without Tune's trials: its planned epochs
+    assert summarise(FakeGrid([short]), cfg).terminated == 1
     unfinished = FakeResult(str(cfg.study_dir / "u"), {"epoch": 1}, config={"train.epochs": 2})
     assert summarise(FakeGrid([unfinished]), cfg).terminated == 0
+
+
+def test_a_trial_stopped_by_sigint_is_unfinished_even_if_tune_says_terminated(cfg: Any) -> None:
+    # After a SIGINT, Tune's in-memory trial reads TERMINATED; its epochs tell the truth.
+    stopped = FakeResult(str(cfg.study_dir / "t"), {"epoch": 1})
+    outcome = summarise(FakeGrid([stopped], [_trial(cfg.study_dir / "t", Trial.TERMINATED)]), cfg)
+    assert (outcome.terminated, outcome.errored, outcome.interrupted) == (0, 0, True)

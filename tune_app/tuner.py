@@ -229,9 +229,8 @@ def summarise(result_grid: Any, cfg: AppConfig) -> StudyOutcome:
         if (trial is not None and trial.status == Trial.ERROR) or result.error is not None:
             failures.append((Path(result.path).name, _error_file(trial) if trial is not None
                              else Path(result.path) / "error.txt"))
-        elif trial is not None:
-            terminated += int(trial.status == Trial.TERMINATED)
         elif metrics.get("done") or metrics.get("epoch") == _planned_epochs(result, cfg):
+            # Not Tune's status: after a SIGINT its in-memory trials read TERMINATED too.
             terminated += 1
         score = metrics.get(cfg.tune.metric)
         if isinstance(score, int | float) and (best is None or score > best):
