@@ -35,13 +35,19 @@ class StudyOutcome:
     study_dir: Path
     num_samples: int
     terminated: int
-    errored: int
-    interrupted: bool
     best_trial_id: str | None
     best_score: float | None
     #: (trial folder name, Tune's ``error.txt`` of it) for each trial that ended in ERROR:
     #: the study's copy, or the driver's staging copy when Tune could not sync it (full disk).
     failures: tuple[tuple[str, Path | None], ...] = ()
+
+    @property
+    def errored(self) -> int:
+        return len(self.failures)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.terminated + self.errored < self.num_samples
 
     @property
     def complete(self) -> bool:
@@ -235,11 +241,8 @@ def summarise(result_grid: Any, cfg: AppConfig) -> StudyOutcome:
         score = metrics.get(cfg.tune.metric)
         if isinstance(score, int | float) and (best is None or score > best):
             best, best_id = float(score), metrics.get("trial_id")
-    return StudyOutcome(
-        study_dir=cfg.study_dir, num_samples=cfg.tune.num_samples, terminated=terminated,
-        errored=len(failures), interrupted=terminated + len(failures) < cfg.tune.num_samples,
-        best_trial_id=best_id, best_score=best, failures=tuple(failures),
-    )
+    return StudyOutcome(study_dir=cfg.study_dir, num_samples=cfg.tune.num_samples, terminated=terminated,
+                        best_trial_id=best_id, best_score=best, failures=tuple(failures))
 
 
 def run_study(cfg: AppConfig, *, resume: bool) -> StudyOutcome:
