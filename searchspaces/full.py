@@ -30,15 +30,17 @@ from __future__ import annotations
 
 from typing import Any
 
-CRITERIA_HEADS: tuple[str, ...] = ("linear", "mlp", "mlp_residual", "gated", "multi_sample_dropout")
-EVIDENCE_HEADS: tuple[str, ...] = ("start_end_linear", "start_end_mlp", "biaffine", "bio_crf",
-                                   "sentence_reranker")
-POOLINGS: tuple[str, ...] = ("cls", "mean", "max", "attention", "last_2_layer_mix")
-COUPLING_METHODS: tuple[str, ...] = ("concat", "add", "mean", "weighted_sum", "weighted_mean")
-COUPLING_POOLINGS: tuple[str, ...] = ("mean", "max", "attention")
-CRITERIA_LOSSES: tuple[str, ...] = ("bce", "weighted_bce", "focal", "adaptive_focal", "hybrid")
+from tune_app.models.catalog import (
+    COUPLING_METHODS,
+    COUPLING_POOLINGS,
+    CRF_LOSS_REDUCTIONS,
+    CRITERIA_HEADS,
+    CRITERIA_LOSSES,
+    EVIDENCE_HEADS,
+    POOLINGS,
+)
+
 FOCAL_LOSSES: tuple[str, ...] = ("focal", "adaptive_focal", "hybrid")
-CRF_LOSS_REDUCTIONS: tuple[str, ...] = ("token_mean", "slot_mean")
 SEED_POLICIES: tuple[str, ...] = ("study", "per_trial")
 AUGMENT_METHODS: tuple[str, ...] = ("synonym", "insert", "swap", "char_perturb")
 HEAD_HIDDEN: tuple[int, ...] = (128, 256, 512, 1024)

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from tune_app.checkpoints.preflight import InsufficientStorageError
-from tune_app.checkpoints.store import CheckpointWriteError, IncompatibleCheckpointError
+from tune_app.checkpoints.errors import (
+    CheckpointWriteError,
+    IncompatibleCheckpointError,
+    InsufficientStorageError,
+)
 from tune_app.config import ConfigError
 from tune_app.data.redsm5 import DataError
 from tune_app.hub import HubAccessError
 
+
+class TrialOutOfMemoryError(RuntimeError):
+    """A trial ran out of GPU memory; the message lists what to lower (the study goes on)."""
+
+
 #: Exceptions whose message tells the user what to do; entry points catch exactly these.
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
+    TrialOutOfMemoryError,
     ConfigError,
     DataError,
     HubAccessError,

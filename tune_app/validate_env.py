@@ -227,7 +227,6 @@ def projected_checkpoint_bytes(cfg: AppConfig) -> tuple[int, str]:
 
     from tune_app.models.encoders import (
         ENCODER_CATALOG,
-        TINY_CONFIG,
         TINY_VOCAB_PATH,
         minilm_model_dir,
     )
@@ -235,8 +234,8 @@ def projected_checkpoint_bytes(cfg: AppConfig) -> tuple[int, str]:
     spec = ENCODER_CATALOG[cfg.model.name]
     if spec.source == "tiny":
         vocab = len({line.rstrip("\n") for line in TINY_VOCAB_PATH.read_text().splitlines()})
-        return _meta_model_bytes(BertConfig(vocab_size=vocab, pad_token_id=0, **TINY_CONFIG), cfg, spec.name), \
-            "tiny config"
+        return _meta_model_bytes(BertConfig(vocab_size=vocab, pad_token_id=0, **dict(spec.shape)), cfg, spec.name), \
+            f"{spec.name} config"
     if spec.source == "package":
         return _meta_model_bytes(AutoConfig.from_pretrained(str(minilm_model_dir())), cfg, spec.name), \
             "package config.json"

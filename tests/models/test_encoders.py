@@ -30,7 +30,7 @@ def tiny() -> LoadedEncoder:
 
 
 def test_catalog_entries() -> None:
-    assert set(ENCODER_CATALOG) == {"tiny", "minilm", "mental-bert", "psychbert",
+    assert set(ENCODER_CATALOG) == {"tiny", "bert-base-random", "minilm", "mental-bert", "psychbert",
                                     "clinicalbert", "bert-base", "roberta-base"}
     assert ENCODER_CATALOG["tiny"].source == "tiny"
     assert ENCODER_CATALOG["minilm"].source == "package"
@@ -133,7 +133,7 @@ def test_hub_offline_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 
 
 def test_unknown_encoder() -> None:
-    with pytest.raises(ValueError, match="allowed: tiny, minilm"):
+    with pytest.raises(ValueError, match="allowed: tiny, bert-base-random, minilm"):
         load_encoder("gpt-17")
 
 

@@ -9,16 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tune_app.checkpoints.errors import InsufficientStorageError
 from tune_app.checkpoints.store import TMP_PREFIX, dir_nbytes
 
 __all__ = ["InsufficientStorageError", "human_bytes", "largest_artifacts", "preflight"]
 
 _MIB = 1 << 20
 _ARTIFACT_DIR_PREFIXES = ("checkpoint_", TMP_PREFIX)
-
-
-class InsufficientStorageError(RuntimeError):
-    """Not enough free space for the projected checkpoint; the message says what to do."""
 
 
 def human_bytes(n: int | float) -> str:

@@ -47,6 +47,12 @@ import torch
 from safetensors.torch import load_file
 
 from tune_app.checkpoints import failpoints
+from tune_app.checkpoints.errors import (
+    CheckpointError,
+    CheckpointWriteError,
+    CorruptCheckpointError,
+    IncompatibleCheckpointError,
+)
 
 __all__ = [
     "CHECKPOINT_DIR_RE",
@@ -100,34 +106,8 @@ _PER_TENSOR_MARGIN_BYTES = 512
 # --------------------------------------------------------------------------- errors
 
 
-class CheckpointError(Exception):
-    """Base class of checkpoint store errors."""
-
-
-class CheckpointWriteError(CheckpointError, OSError):
-    """A save failed (disk full, I/O error...); nothing partial is left visible.
-
-    ``errno`` is the errno of the underlying :class:`OSError` (e.g. ``ENOSPC``).
-    """
-
-
-class CorruptCheckpointError(CheckpointError):
-    """A checkpoint failed verification; ``bad_file`` and ``problem`` say why."""
-
-    def __init__(self, path: Path, bad_file: str | None, problem: str) -> None:
-        self.path = Path(path)
-        self.bad_file = bad_file
-        self.problem = problem
-        where = f"{self.path / bad_file}" if bad_file else f"{self.path}"
-        super().__init__(f"corrupt checkpoint {self.path}: {where}: {problem}")
-
-
-class IncompatibleCheckpointError(CheckpointError):
-    """The saved compat metadata does not match the current run."""
-
-    def __init__(self, message: str, differences: Mapping[str, tuple[Any, Any]]) -> None:
-        self.differences = dict(differences)
-        super().__init__(message)
+# CheckpointError and its subclasses live in tune_app.checkpoints.errors (torch-free, so
+# the entry points can catch them without importing torch) and are re-exported here.
 
 
 # --------------------------------------------------------------------------- results

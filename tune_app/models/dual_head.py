@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from tune_app.models.catalog import COUPLING_METHODS, COUPLING_POOLINGS, COUPLINGS
 from tune_app.models.encoders import LoadedEncoder
 from tune_app.models.heads import (
     CRITERIA_HEADS,
@@ -27,9 +28,6 @@ from tune_app.models.heads import (
 )
 
 #: Coupling modes, combination methods and the pooling applied before combination.
-COUPLINGS: tuple[str, ...] = ("independent", "coupled")
-COUPLING_METHODS: tuple[str, ...] = ("concat", "add", "mean", "weighted_sum", "weighted_mean")
-COUPLING_POOLINGS: tuple[str, ...] = ("mean", "max", "attention")
 
 
 @dataclass

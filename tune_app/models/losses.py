@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tune_app.models import catalog
 from tune_app.models.dual_head import DualHeadOutput
 
 #: Evidence targets equal to this are ignored (0 is the null span, not ignored).
@@ -181,3 +182,6 @@ def joint_loss(out: DualHeadOutput, batch: Mapping[str, Tensor], *, evidence_wei
     parts = {"criteria_loss": float(crit.detach()), "evidence_loss": float(evid.detach()),
              "loss": float(total.detach())}
     return total, parts
+
+
+catalog.check_registry("criteria losses", CRITERIA_LOSSES, catalog.CRITERIA_LOSSES)
