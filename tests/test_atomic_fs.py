@@ -76,3 +76,21 @@ def test_a_write_that_fills_the_disk_keeps_the_old_file_and_leaves_no_temp(tmp_p
         stream.close()
         assert target.read_bytes() == b'{"complete": true}'
         assert [p.name for p in disk.iterdir()] == [target.name]
+
+
+def test_tunes_deletes_of_checkpoint_folders_are_ignored(tmp_path: Path) -> None:
+    """Retention alone deletes checkpoints: Tune's own deletes (num_to_keep) do nothing to
+    ``checkpoint_*`` folders; any other delete goes through."""
+    from ray.train._internal.storage import _delete_fs_path
+
+    fs = atomic_storage_filesystem()
+    ckpt = tmp_path / "trial" / "checkpoint_000003"
+    ckpt.mkdir(parents=True)
+    (ckpt / "model.safetensors").write_bytes(b"x")
+    other = tmp_path / "trial" / "scratch"
+    other.mkdir()
+    (other / "f").write_bytes(b"y")
+    _delete_fs_path(fs=fs, fs_path=str(ckpt))
+    _delete_fs_path(fs=fs, fs_path=str(other))
+    assert (ckpt / "model.safetensors").read_bytes() == b"x"
+    assert not other.exists()

@@ -8,19 +8,30 @@ data was truncated") and carries on with an empty study. Through
 :func:`atomic_storage_filesystem` every file Tune writes goes to a temp file in the
 same folder, is fsynced and renamed over the old one on close: a kill leaves the old
 complete file (and a stray ``.<name>.tmp-*``), never a torn one.
+
+Tune never deletes checkpoint bytes through it either: Tune's own bookkeeping keeps only
+each trial's best and latest checkpoint entry (``CheckpointConfig(num_to_keep=1)``, so
+its state stays small) and asks the filesystem to delete the folders it drops. Those
+deletes are ignored here: which checkpoint folders stay is the retention layer's
+decision alone (``tune_app.callbacks.RetentionCallback``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
+import re
 import uuid
 from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
 
 TMP_MARK = ".tmp-"
+_CHECKPOINT_DIR = re.compile(r"^checkpoint_\d+$")
+
+logger = logging.getLogger(__name__)
 
 
 class _AtomicWriter(io.FileIO):
@@ -81,6 +92,16 @@ class AtomicLocalFileSystem(LocalFileSystem):
             self.makedirs(self._parent(path), exist_ok=True)
             return _AtomicWriter(path)
         return super()._open(path, mode, block_size=block_size, **kwargs)
+
+    def rm(self, path: Any, recursive: bool = False, maxdepth: Any = None) -> None:
+        """Delete, except checkpoint folders: retention owns those (see the module doc)."""
+        paths = [path] if isinstance(path, str) else list(path)
+        keep = [p for p in paths if _CHECKPOINT_DIR.match(os.path.basename(self._strip_protocol(p).rstrip("/")))]
+        for p in keep:
+            logger.debug("ignoring Tune's delete of %s (retention decides)", p)
+        rest = [p for p in paths if p not in keep]
+        if rest:
+            super().rm(rest, recursive=recursive, maxdepth=maxdepth)
 
 
 def atomic_storage_filesystem() -> Any:
