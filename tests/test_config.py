@@ -91,3 +91,47 @@ def test_cli_bad_input_exits_nonzero_with_one_message_and_no_traceback(tmp_path)
     assert proc.returncode == 2
     assert "tune.max_epochs" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     assert not any(tmp_path.iterdir()), "nothing may be written for an invalid config"
+
+
+def test_validation_imports_neither_torch_nor_transformers() -> None:
+    """Driver and trial validate a config without the heavy stack (a bad override answers fast)."""
+    code = ("import sys\n"
+            "from tune_app.config import compose, ConfigError, validate\n"
+            "import tune_app.run, tune_app.errors\n"
+            "cfg = compose(['model=minilm', 'model.evidence_head=bio_crf', 'train.precision=bf16'])\n"
+            "validate(cfg)\n"
+            "try:\n    compose(['train.precision=fp8'])\nexcept ConfigError as e:\n    print(e)\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'ray') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, **REPO_ARGS)
+    lines = out.stdout.strip().splitlines()
+    assert "train.precision='fp8' is not allowed; allowed values: auto, fp32, bf16, fp16" in lines[0]
+    assert lines[-1] == "[]", out.stdout
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "true"])
+def test_cpus_per_trial_is_all_or_a_positive_number(value: str) -> None:
+    with pytest.raises(ConfigError, match="tune.cpus_per_trial"):
+        compose([f"tune.cpus_per_trial={value}"])
+    assert compose([]).tune.cpus_per_trial == "all"
+    assert compose(["tune.cpus_per_trial=1.5"]).tune.cpus_per_trial == 1.5
+
+
+def test_trial_resources_are_checked_against_what_ray_sees() -> None:
+    from tune_app.tuner import trial_resources
+
+    cfg = compose([])
+    assert trial_resources(cfg, {"CPU": 8.0}) == {"cpu": 8.0, "gpu": 0.0}
+    assert trial_resources(cfg, {"CPU": 8.0, "GPU": 2.0}) == {"cpu": 8.0, "gpu": 1.0}
+    with pytest.raises(ConfigError, match=r"tune.cpus_per_trial=64 but Ray sees 2 CPU\(s\)"):
+        trial_resources(compose(["tune.cpus_per_trial=64"]), {"CPU": 2.0})
+    with pytest.raises(ConfigError, match=r"tune.gpus_per_trial=2.* but Ray sees 0 GPU\(s\)"):
+        trial_resources(compose(["tune.gpus_per_trial=2"]), {"CPU": 2.0})
+
+
+def test_an_unmeetable_resource_request_exits_2_before_the_study_exists(tmp_path) -> None:
+    out = subprocess.run([sys.executable, "-m", "tune_app.run", "tune.cpus_per_trial=64",
+                          f"tune.storage_path={tmp_path}"], capture_output=True, text=True, timeout=300,
+                         **REPO_ARGS)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "tune.cpus_per_trial=64 but Ray sees" in out.stderr
+    assert not (tmp_path / "redsm5_study").exists()

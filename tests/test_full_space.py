@@ -179,7 +179,7 @@ def test_200_sampled_configs_validate_build_and_train(
         try:
             loss = train_one_epoch(model, loader, opt, sched, loss_kwargs=loss_kwargs, device="cpu",
                                    grad_accumulation_steps=t.grad_accumulation_steps,
-                                   fgm_epsilon=t.fgm_epsilon, mixed_precision=t.mixed_precision,
+                                   fgm_epsilon=t.fgm_epsilon, precision=t.precision,
                                    max_grad_norm=t.max_grad_norm)
         finally:
             for h in hooks:

@@ -31,6 +31,11 @@ OPTIMISABLE_METRICS: tuple[str, ...] = (
 #: a seed derived from the study seed and the trial's sampled params (reproducible).
 SEED_POLICIES: tuple[str, ...] = ("study", "per_trial")
 
+#: ``train.precision``: ``auto`` = bf16 autocast on CUDA (fp16 where bf16 is unsupported),
+#: fp32 on CPU; ``fp32`` (TF32 matmuls allowed on CUDA) | ``bf16`` | ``fp16`` (with a
+#: GradScaler). Autocast applies on CUDA only: on CPU every choice trains in fp32.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the key and the allowed values."""
@@ -100,9 +105,9 @@ class TuneSection:
     name: str = "redsm5_study"
     sampler_seed: int = 0
     n_startup_trials: int = 2
-    reuse_actors: bool = False
+    reuse_actors: bool = True  # one worker process runs the study's trials one after another
     verbose: int = 1
-    cpus_per_trial: float = 1.0
+    cpus_per_trial: float | str = "all"  # "all": every CPU Ray sees (trials run one at a time)
     gpus_per_trial: float = -1.0  # -1: one GPU when CUDA is available, else 0
     include_dashboard: bool = False
 
@@ -128,7 +133,7 @@ class TrainConfig:
     head_lr_multiplier: float = 1.0  # heads' LR = lr * this
     grad_accumulation_steps: int = 1
     fgm_epsilon: float = 0.0  # 0 = no adversarial perturbation
-    mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA) | off
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast on CUDA; see PRECISIONS)
     max_grad_norm: float = 1.0
     crf_lr_multiplier: float = 1.0  # bio_crf: CRF transitions' LR = heads' LR * this
     crf_loss_reduction: str = "token_mean"  # bio_crf: NLL / valid tokens | slot_mean: / evidence slots
@@ -306,19 +311,16 @@ def _fraction(key: str, value: Any, lo: float = 0.0, hi: float = 1.0) -> None:
 def validate(cfg: AppConfig) -> None:
     """Check every value a run depends on; raise ``ConfigError`` on the first problem."""
     from searchspaces import available_spaces
-    from tune_app.models.encoders import ENCODER_CATALOG
-    from tune_app.models.heads import CRF_LOSS_REDUCTIONS, CRITERIA_HEADS, EVIDENCE_HEADS, POOLINGS
-    from tune_app.models.losses import CRITERIA_LOSSES
+    from tune_app.models import catalog
 
-    _choice("model.name", cfg.model.name, tuple(ENCODER_CATALOG))
-    _choice("model.criteria_head", cfg.model.criteria_head, tuple(CRITERIA_HEADS))
-    _choice("model.evidence_head", cfg.model.evidence_head, tuple(EVIDENCE_HEADS))
-    _choice("model.pooling", cfg.model.pooling, tuple(POOLINGS))
-    _choice("model.coupling", cfg.model.coupling, ("independent", "coupled"))
-    _choice("model.coupling_method", cfg.model.coupling_method,
-            ("concat", "add", "mean", "weighted_sum", "weighted_mean"))
-    _choice("model.coupling_pooling", cfg.model.coupling_pooling, ("mean", "max", "attention"))
-    _choice("train.criteria_loss", cfg.train.criteria_loss, tuple(CRITERIA_LOSSES))
+    _choice("model.name", cfg.model.name, tuple(catalog.ENCODER_CATALOG))
+    _choice("model.criteria_head", cfg.model.criteria_head, catalog.CRITERIA_HEADS)
+    _choice("model.evidence_head", cfg.model.evidence_head, catalog.EVIDENCE_HEADS)
+    _choice("model.pooling", cfg.model.pooling, catalog.POOLINGS)
+    _choice("model.coupling", cfg.model.coupling, catalog.COUPLINGS)
+    _choice("model.coupling_method", cfg.model.coupling_method, catalog.COUPLING_METHODS)
+    _choice("model.coupling_pooling", cfg.model.coupling_pooling, catalog.COUPLING_POOLINGS)
+    _choice("train.criteria_loss", cfg.train.criteria_loss, catalog.CRITERIA_LOSSES)
     _fraction("train.focal_gamma", cfg.train.focal_gamma, 0.0, 5.0)
     _fraction("train.hybrid_alpha", cfg.train.hybrid_alpha, 0.0, 1.0)
     _choice("train.optimizer", cfg.train.optimizer, ("adamw", "radam"))
@@ -327,7 +329,7 @@ def validate(cfg: AppConfig) -> None:
     _fraction("train.head_lr_multiplier", cfg.train.head_lr_multiplier, 0.1, 100.0)
     _positive_int("train.grad_accumulation_steps", cfg.train.grad_accumulation_steps)
     _fraction("train.fgm_epsilon", cfg.train.fgm_epsilon, 0.0, 5.0)
-    _choice("train.mixed_precision", cfg.train.mixed_precision, ("auto", "off"))
+    _choice("train.precision", cfg.train.precision, PRECISIONS)
     _choice("augment.method", cfg.augment.method, ("synonym", "insert", "swap", "char_perturb", "back_translation"))
     _fraction("augment.probability", cfg.augment.probability, 0.0, 0.5)
     if cfg.augment.enabled:
@@ -395,7 +397,11 @@ def validate(cfg: AppConfig) -> None:
                           f"{cfg.tune.max_epochs} (or 0 for tune.max_epochs); raise tune.max_epochs to train longer")
     _choice("train.seed_policy", cfg.train.seed_policy, SEED_POLICIES)
     _fraction("train.crf_lr_multiplier", cfg.train.crf_lr_multiplier, 0.1, 1000.0)
-    _choice("train.crf_loss_reduction", cfg.train.crf_loss_reduction, CRF_LOSS_REDUCTIONS)
+    _choice("train.crf_loss_reduction", cfg.train.crf_loss_reduction, catalog.CRF_LOSS_REDUCTIONS)
+    cpus = cfg.tune.cpus_per_trial
+    if cpus != "all" and (isinstance(cpus, bool) or not isinstance(cpus, int | float) or not cpus > 0):
+        raise ConfigError(f"tune.cpus_per_trial={cpus!r} is invalid: \"all\" (every CPU; the default) "
+                          "or a number > 0")
 
 
 def load_study_config(study_dir: Path) -> AppConfig:

@@ -70,7 +70,7 @@ def _run(args: list[str]) -> int:
         return _resume(cfg)
 
     cfg = compose(overrides)
-    from tune_app.tuner import can_restore
+    from tune_app.tuner import can_restore, check_resources
 
     if cfg.study_dir.exists() and (can_restore(cfg.study_dir) or (cfg.study_dir / "study_config.yaml").exists()):
         raise ConfigError(
@@ -80,6 +80,7 @@ def _run(args: list[str]) -> int:
     from tune_app.study import prepare_study
     from tune_app.tuner import run_study
 
+    check_resources(cfg)  # a request Ray cannot meet fails here, before the study folder exists
     meta = prepare_study(cfg)
     setup_study_logging(cfg.study_dir, study_id=cfg.tune.name, max_bytes=cfg.tracking.log_max_bytes,
                         backup_count=cfg.tracking.log_backup_count)

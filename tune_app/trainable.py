@@ -12,7 +12,9 @@ previous valid checkpoint of the trial (see ``checkpoints.store``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -21,6 +23,7 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +75,62 @@ def select_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
+def use_trial_cpus(ctx: Any) -> int:
+    """Set torch's thread count to the CPUs Tune gave this trial (``tune.cpus_per_trial``)."""
+    cpus = 0.0
+    with contextlib.suppress(Exception):  # outside Tune (tests): keep torch's default
+        cpus = float(ctx.get_trial_resources().required_resources.get("CPU", 0))
+    threads = max(1, int(cpus)) if cpus else torch.get_num_threads()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def prepare_cuda(device: torch.device) -> None:
+    """Before a trial on CUDA: TF32 matmuls allowed, this trial's peak memory counted alone."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.cuda.reset_peak_memory_stats(device)
+
+
+def release_memory() -> None:
+    """After a trial: collect its tensors and hand cached CUDA blocks back (reused worker)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def gpu_oom_as_trial_error(cfg: AppConfig, device: torch.device) -> Iterator[None]:
+    """Turn a CUDA out-of-memory error into one actionable ``TrialOutOfMemoryError``.
+
+    The trial ends as failed with the message; the study goes on with the next trial
+    (the worker frees the memory first).
+    """
+    from tune_app.checkpoints import failpoints
+    from tune_app.errors import TrialOutOfMemoryError
+
+    try:
+        if failpoints.triggered("oom"):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (failpoint oom)")
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        t, m = cfg.train, cfg.model
+        peak = (f"; peak allocated {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+                if device.type == "cuda" else "")
+        release_memory()
+        raise TrialOutOfMemoryError(
+            f"trial ran out of GPU memory ({str(exc).splitlines()[0]}{peak}) with model={m.name}, "
+            f"train.batch_size={t.batch_size}, train.precision={t.precision}, "
+            f"model.gradient_checkpointing={str(m.gradient_checkpointing).lower()}, "
+            f"data.max_length={cfg.data.max_length}. Fix: lower train.batch_size (and raise "
+            "train.grad_accumulation_steps to keep the effective batch), use train.precision=bf16 "
+            "(or fp16), set model.gradient_checkpointing=true, or lower data.max_length"
+        ) from None
+
+
 def seed_everything(seed: int, *, deterministic: bool) -> None:
     """Seed Python, NumPy and torch (all devices); optionally request deterministic kernels."""
     random.seed(seed)
@@ -100,6 +159,22 @@ def _worker_init(worker_id: int) -> None:
 
 
 # --- data -----------------------------------------------------------------------------
+def _train_val_posts(cfg: AppConfig, split_ids: dict[str, list[str]]) -> tuple[list[Any], list[Any], tuple[Any, ...]]:
+    """The train and validation posts (cached per worker) and a key naming their content."""
+    from tune_app.study import dataset_dir
+    from tune_app.worker_cache import cached, digest, files_fingerprint
+
+    wanted = set(split_ids["train"]) | set(split_ids["validation"])
+    source_key = ("posts", digest(dataclasses.asdict(cfg.data)), str(dataset_dir(cfg)),
+                  files_fingerprint(dataset_dir(cfg)), digest(sorted(wanted)))
+    loaded = cached("posts", source_key, lambda: load_posts_for(cfg, only_post_ids=wanted))
+    posts = {p.post_id: p for p in loaded.posts}
+    train_posts = [posts[i] for i in sorted(split_ids["train"])]
+    val_posts = [posts[i] for i in sorted(split_ids["validation"])]
+    data_key = (loaded.dataset_id, loaded.revision, digest(split_ids["train"]), digest(split_ids["validation"]))
+    return train_posts, val_posts, data_key
+
+
 @dataclass
 class SplitData:
     encoded: list[Any]
@@ -107,21 +182,35 @@ class SplitData:
     loader: DataLoader[Any]
 
 
-def build_split(posts: list[Any], tokenizer: Any, cfg: AppConfig, *, shuffle: bool, seed: int) -> SplitData:
-    from tune_app.data.encode import collate, encode_posts
+def build_split(posts: list[Any], tokenizer: Any, cfg: AppConfig, *, shuffle: bool, seed: int,
+                cache_key: tuple[Any, ...] | None = None, pin_memory: bool = False) -> SplitData:
+    """Encode ``posts`` (or take the encodings cached under ``cache_key``) and wrap a loader.
 
-    encoded = encode_posts(
-        posts, tokenizer, input_format=cfg.data.input_format,  # type: ignore[arg-type]
-        max_length=cfg.data.max_length, long_text=cfg.data.long_text,  # type: ignore[arg-type]
-        stride=cfg.data.stride, include_no_symptoms=cfg.data.include_no_symptoms,
-    )
+    ``cache_key`` must name the posts' content and the tokenizer (e.g. the encoder's
+    signature); the encoding settings are added to it here. ``pin_memory``: page-locked batches for non-blocking GPU copies.
+    """
+    from tune_app.data.encode import collate, encode_posts
+    from tune_app.worker_cache import cached
+
+    d = cfg.data
+    settings = (d.input_format, d.max_length, d.long_text, d.stride, d.include_no_symptoms)
+
+    def encode() -> list[Any]:
+        return encode_posts(
+            posts, tokenizer, input_format=d.input_format,  # type: ignore[arg-type]
+            max_length=d.max_length, long_text=d.long_text,  # type: ignore[arg-type]
+            stride=d.stride, include_no_symptoms=d.include_no_symptoms,
+        )
+
+    encoded = encode() if cache_key is None else cached(
+        "split", (*cache_key, settings), encode)
     pad_id = int(tokenizer.pad_token_id or 0)
     loader: DataLoader[Any] = DataLoader(
         encoded,  # type: ignore[arg-type]  # a list is a map-style dataset
         batch_size=cfg.train.batch_size, shuffle=shuffle,
         collate_fn=lambda batch: collate(batch, pad_id),
         num_workers=cfg.train.num_workers, worker_init_fn=_worker_init,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory,
     )
     return SplitData(encoded=encoded, num_posts=len(posts), loader=loader)
 
@@ -278,12 +367,14 @@ def train_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
     try:
         _train(cfg, params, ctx, storage, trial_dir)
     finally:
+        release_memory()  # the worker is reused: nothing of this trial stays allocated
         log_session.close()
     logger.info("trial %s done in %.1f s", ctx.get_trial_id(), time.monotonic() - started)
 
 
 def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial_dir: Path) -> None:
     """The body of ``train_trial`` (inside the trial's log session)."""
+    from tune_app.checkpoints import failpoints
     from tune_app.checkpoints.guard import ensure_room, save_epoch_checkpoint, study_reclaimer
     from tune_app.checkpoints.store import (
         capture_rng_state,
@@ -295,7 +386,6 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     )
     from tune_app.data.redsm5 import load_splits
     from tune_app.evaluation.report import write_trial_report
-    from tune_app.models.encoders import load_encoder
     from tune_app.tracking.progress import log_epoch_progress
     from tune_app.training import (
         build_scheduler,
@@ -303,19 +393,22 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
         optimizer_steps,
         train_one_epoch,
     )
+    from tune_app.worker_cache import fresh_encoder
 
     study_dir = cfg.study_dir
     write_text_atomic(trial_dir / TRIAL_CONFIG, cfg.to_yaml())
     seed = trial_seed(cfg, params)
-    seed_everything(seed, deterministic=cfg.train.deterministic)
+    threads = use_trial_cpus(ctx)
     device = select_device(cfg.train.device)
+    if device.type == "cuda":
+        prepare_cuda(device)
+    logger.info("trial %s: %d torch thread(s), device %s, precision %s", ctx.get_trial_id(), threads,
+                device, cfg.train.precision)
+    failpoints.pause("trial_start")  # crash tests: a kill before the trial's first report
 
-    # Data: only the train and validation posts are ever read here.
+    # Data: only the train and validation posts are ever read here (cached per worker).
     split_ids = load_splits(study_dir / SPLITS_FILE)
-    wanted = set(split_ids["train"]) | set(split_ids["validation"])
-    posts = {p.post_id: p for p in load_posts_for(cfg, only_post_ids=wanted).posts}
-    train_posts = [posts[i] for i in sorted(split_ids["train"])]
-    val_posts = [posts[i] for i in sorted(split_ids["validation"])]
+    train_posts, val_posts, data_key = _train_val_posts(cfg, split_ids)
     if cfg.augment.enabled and cfg.augment.probability > 0:
         # Training split only; deterministic under the trial seed, so a resumed trial
         # rebuilds the same data.
@@ -325,29 +418,43 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
                                              probability=cfg.augment.probability, seed=seed)
         write_records(trial_dir / "augmentation.jsonl", records)
         logger.info("augmentation: %s", summarise(records, len(train_posts)))
+        train_key: tuple[Any, ...] = (*data_key, "train", cfg.augment.method, cfg.augment.probability, seed)
+    else:
+        train_key = (*data_key, "train")
 
-    encoder = load_encoder(cfg.model.name, revision=cfg.model.revision, seed=seed,
-                           gradient_checkpointing=cfg.model.gradient_checkpointing)
+    # A private copy of the (cached) pristine encoder, then every RNG seeded: what ran
+    # before in this worker never changes this trial's draws.
+    encoder = fresh_encoder(cfg.model.name, revision=cfg.model.revision, seed=seed,
+                            gradient_checkpointing=cfg.model.gradient_checkpointing)
+    seed_everything(seed, deterministic=cfg.train.deterministic)
     model = make_model(cfg, encoder, seed=seed).to(device)
-    train = build_split(train_posts, encoder.tokenizer, cfg, shuffle=True, seed=seed)
-    val = build_split(val_posts, encoder.tokenizer, cfg, shuffle=False, seed=seed)
+    pin = device.type == "cuda"
+    train = build_split(train_posts, encoder.tokenizer, cfg, shuffle=True, seed=seed,
+                        cache_key=(*train_key, encoder.signature), pin_memory=pin)
+    val = build_split(val_posts, encoder.tokenizer, cfg, shuffle=False, seed=seed,
+                      cache_key=(*data_key, "validation", encoder.signature), pin_memory=pin)
     t = cfg.train
     optimizer = make_optimizer(cfg, model)
     steps_per_epoch = optimizer_steps(len(train.loader), t.grad_accumulation_steps)
     epochs = cfg.trial_epochs
     scheduler = build_scheduler(optimizer, name=t.scheduler, warmup_ratio=t.warmup_ratio,
                                 total_steps=steps_per_epoch * epochs)
-    scaler = make_grad_scaler(device, t.mixed_precision)
+    scaler = make_grad_scaler(device, t.precision)
     compat = compat_metadata(model, cfg)
     pos_weight = class_weights(train, cfg, device)
     loss_kwargs = loss_settings(cfg, pos_weight)
 
-    # Resume: Tune's checkpoint is preferred; a corrupt one falls back to an older valid one.
+    # Resume from the trial's newest valid checkpoint, even one newer than Tune's (a kill
+    # can land between a save and Tune's next state sync); a corrupt one falls back to an
+    # older valid one.
     state = TrialState()
     start_epoch = 1
     tune_ckpt = tune.get_checkpoint()
     preferred = Path(tune_ckpt.path) if tune_ckpt is not None else None
-    resume_from = find_resumable_checkpoint(trial_dir, preferred=preferred) if preferred else None
+    resume_from = find_resumable_checkpoint(trial_dir)
+    if preferred is not None and resume_from is not None and resume_from != preferred:
+        logger.info("trial %s: resuming from %s, not Tune's %s", ctx.get_trial_id(), resume_from.name,
+                    preferred.name)
     if resume_from is not None:
         loaded = load_checkpoint(resume_from, map_location=device)
         check_compat(loaded.compat, compat)
@@ -367,7 +474,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
 
     starts = _previous_starts(trial_dir) + [{
         "start_epoch": start_epoch, "resumed_from": resume_from.name if resume_from else None,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid(), "torch_threads": threads,
     }]
     write_json_atomic(trial_dir / TRIAL_STATE, {"status": "running", "epoch": start_epoch - 1, "seed": seed,
                                                 "history": state.history, "starts": starts})
@@ -382,13 +489,16 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
         assert train.loader.generator is not None
         train.loader.generator.manual_seed(seed * 100_003 + epoch)
         epoch_start = time.monotonic()
-        train_loss = train_one_epoch(
-            model, train.loader, optimizer, scheduler, loss_kwargs=loss_kwargs, device=device,
-            grad_accumulation_steps=t.grad_accumulation_steps, fgm_epsilon=t.fgm_epsilon,
-            mixed_precision=t.mixed_precision, max_grad_norm=t.max_grad_norm, scaler=scaler)
-        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss,
-                                   **evaluate(model, val, cfg, device, loss_kwargs=loss_kwargs)}
+        with gpu_oom_as_trial_error(cfg, device):
+            train_loss = train_one_epoch(
+                model, train.loader, optimizer, scheduler, loss_kwargs=loss_kwargs, device=device,
+                grad_accumulation_steps=t.grad_accumulation_steps, fgm_epsilon=t.fgm_epsilon,
+                precision=t.precision, max_grad_norm=t.max_grad_norm, scaler=scaler)
+            metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss,
+                                       **evaluate(model, val, cfg, device, loss_kwargs=loss_kwargs)}
         metrics["epoch_time_s"] = time.monotonic() - epoch_start
+        if device.type == "cuda":
+            metrics["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         epoch_times.append(metrics["epoch_time_s"])
         log_epoch_progress(epoch, epochs, trial_id=ctx.get_trial_id(), metrics=metrics,
                            metric=cfg.tune.metric, epoch_times=epoch_times, study_dir=study_dir)

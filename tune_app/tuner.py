@@ -54,26 +54,57 @@ class StudyOutcome:
         return self.terminated >= self.num_samples and self.errored == 0
 
 
+def trial_resources(cfg: AppConfig, available: dict[str, float]) -> dict[str, float]:
+    """CPUs and GPUs of one trial, checked against what Ray sees (``available``).
+
+    ``tune.cpus_per_trial=all`` takes every CPU (trials run one at a time);
+    ``tune.gpus_per_trial=-1`` one GPU when there is one. A request Ray cannot meet is
+    a ``ConfigError`` before ``fit()``, never a study waiting forever.
+    """
+    from tune_app.config import ConfigError
+
+    have_cpus = float(available.get("CPU", 0.0))
+    have_gpus = float(available.get("GPU", 0.0))
+    cpus = have_cpus if cfg.tune.cpus_per_trial == "all" else float(cfg.tune.cpus_per_trial)
+    gpus = float(cfg.tune.gpus_per_trial)
+    if gpus < 0:
+        gpus = 1.0 if have_gpus >= 1 else 0.0
+    if cpus > have_cpus:
+        raise ConfigError(f"tune.cpus_per_trial={cfg.tune.cpus_per_trial} but Ray sees {have_cpus:g} CPU(s) "
+                          f"here: use tune.cpus_per_trial=all or a number <= {have_cpus:g}")
+    if gpus > have_gpus:
+        raise ConfigError(f"tune.gpus_per_trial={cfg.tune.gpus_per_trial} but Ray sees {have_gpus:g} GPU(s) "
+                          "here: use tune.gpus_per_trial=-1 (one GPU when there is one) or 0")
+    return {"cpu": cpus, "gpu": gpus}
+
+
+def check_resources(cfg: AppConfig) -> dict[str, float]:
+    """Start Ray and check the trial's resource request against it (before any folder is made)."""
+    import ray
+
+    _ray_init(cfg)
+    return trial_resources(cfg, ray.cluster_resources())
+
+
 def make_trainable(cfg: AppConfig) -> Any:
     """The function trainable with the study config bound and resources attached."""
-    import torch
+    import ray
     from ray import tune
 
     from tune_app.trainable import train_trial
 
-    gpus = cfg.tune.gpus_per_trial
-    if gpus < 0:
-        gpus = 1.0 if torch.cuda.is_available() else 0.0
+    available = ray.cluster_resources() if ray.is_initialized() else {"CPU": float(os.cpu_count() or 1)}
     bound = tune.with_parameters(train_trial, app_config=cfg.to_dict())
-    return tune.with_resources(bound, {"cpu": cfg.tune.cpus_per_trial, "gpu": gpus})
+    return tune.with_resources(bound, trial_resources(cfg, available))
 
 
 def make_callbacks(cfg: AppConfig) -> list[Any]:
-    """Retention, storage pressure, MLflow (outage-tolerant) and study progress."""
+    """Trial files, retention, storage pressure, MLflow (outage-tolerant) and study progress."""
     from tune_app.callbacks import RetentionCallback, StoragePressureCallback
     from tune_app.study import code_version
     from tune_app.tracking.mlflow_callback import ResumableMLflowLoggerCallback
     from tune_app.tracking.progress import ProgressCallback
+    from tune_app.tracking.trial_files import StudyTrialFilesCallback
 
     retention = RetentionCallback.from_config(cfg)
     mlflow_cb = ResumableMLflowLoggerCallback(
@@ -86,6 +117,7 @@ def make_callbacks(cfg: AppConfig) -> list[Any]:
                     "tune_app.dataset": cfg.data.name, **{f"tune_app.{k}": v for k, v in code_version().items()}},
     )
     return [
+        StudyTrialFilesCallback(),
         retention,
         StoragePressureCallback.from_config(cfg, retention),
         mlflow_cb,
@@ -110,10 +142,19 @@ def _ray_init(cfg: AppConfig) -> None:
 
 
 def _env_for_tune() -> None:
-    # Save the experiment state at every step so a SIGKILL loses as little as possible.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    """Tune's state syncs at bounded cost (see ``state_sync`` and docs/architecture.md):
+    on its own adaptive period (~5 % of the time), and forced whenever a trial is added
+    or reports a checkpoint; each trial's entry keeps only its best and latest
+    checkpoint, with only the score of each."""
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "auto")
+    os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
+    # Trial files go straight to the study (tracking.trial_files), not through each sync.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from tune_app.state_sync import sync_state_when_trial_added
+
+    sync_state_when_trial_added()
 
 
 def build_tuner(cfg: AppConfig) -> Any:
@@ -144,11 +185,13 @@ def build_tuner(cfg: AppConfig) -> Any:
             # Tune's state files are rewritten at every sync: atomically, so a kill never tears one.
             storage_filesystem=atomic_storage_filesystem(),
             callbacks=make_callbacks(cfg),
-            # Tune keeps every reported checkpoint *entry*; RetentionCallback decides
-            # which checkpoint bytes stay (and keeps pruned folders as tombstones so
-            # Tune's saved state always resolves).
+            # Tune's bookkeeping keeps each trial's best and latest checkpoint entry
+            # (num_to_keep=1), so its state stays small, and syncs its state after every
+            # checkpoint. It never deletes checkpoint bytes: the study filesystem ignores
+            # its deletes (atomic_fs); RetentionCallback alone decides which bytes stay
+            # (and keeps pruned folders as tombstones so Tune's saved state resolves).
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=None,
+                num_to_keep=1,
                 checkpoint_score_attribute=cfg.tune.metric,
                 checkpoint_score_order=cfg.tune.mode,
             ),

@@ -126,11 +126,14 @@ def test_sentence_spans_reach_the_model(posts: list[Post]) -> None:
     assert seen and seen[0] is not None and torch.equal(seen[0], data[0]["sentence_spans"])
 
 
-def test_mixed_precision_settings() -> None:
-    assert autocast_dtype("cpu", "auto") is None
-    assert autocast_dtype("cuda", "off") is None
-    assert not make_grad_scaler("cpu").is_enabled()
-    with pytest.raises(ValueError, match="allowed: auto, off"):
+def test_precision_settings() -> None:
+    for precision in ("auto", "fp32", "bf16", "fp16"):
+        assert autocast_dtype("cpu", precision) is None  # autocast on CUDA only
+        assert not make_grad_scaler("cpu", precision).is_enabled()
+    assert autocast_dtype("cuda", "fp32") is None
+    assert autocast_dtype("cuda", "bf16") == torch.bfloat16
+    assert autocast_dtype("cuda", "fp16") == torch.float16
+    with pytest.raises(ValueError, match="allowed: auto, fp32, bf16, fp16"):
         autocast_dtype("cpu", "fp8")
 
 

@@ -7,7 +7,13 @@ tests) a point costs one dictionary lookup.
 
 Points: ``save`` (inside ``save_checkpoint``: the model file is written, the rest
 is not, nothing is published), ``prune`` (inside ``prune_checkpoint``: the
-``PRUNED`` marker is in place, the first file is deleted, the others are not).
+``PRUNED`` marker is in place, the first file is deleted, the others are not),
+``trial_start`` (in the trainable: the trial's folder and config exist, nothing is
+trained or reported yet).
+
+:func:`triggered` asks whether a point is set at all: ``oom=1`` makes the first
+training step of every trial raise a CUDA out-of-memory error, so the OOM path is
+tested on machines without a GPU.
 """
 
 from __future__ import annotations
@@ -36,3 +42,9 @@ def pause(name: str) -> None:
         seconds = _parse(spec).get(name, 0.0)
         if seconds > 0:
             time.sleep(seconds)
+
+
+def triggered(name: str) -> bool:
+    """True when ``TUNE_APP_FAILPOINTS`` sets point ``name`` to a value > 0."""
+    spec = os.environ.get(ENV_VAR)
+    return spec is not None and _parse(spec).get(name, 0.0) > 0

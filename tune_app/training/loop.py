@@ -12,26 +12,27 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tune_app.config import PRECISIONS
 from tune_app.models.losses import joint_loss
 from tune_app.training.adversarial import FGM
 
-MIXED_PRECISION: tuple[str, ...] = ("auto", "off")
 
-
-def autocast_dtype(device: torch.device | str, mixed_precision: str = "auto") -> torch.dtype | None:
-    """Autocast dtype: on CUDA with ``auto``, bf16 when supported else fp16; None (fp32)
-    on CPU or with ``off``."""
-    if mixed_precision not in MIXED_PRECISION:
-        raise ValueError(f"unknown mixed_precision '{mixed_precision}'; allowed: {', '.join(MIXED_PRECISION)}")
-    if torch.device(device).type != "cuda" or mixed_precision == "off":
+def autocast_dtype(device: torch.device | str, precision: str = "auto") -> torch.dtype | None:
+    """Autocast dtype of ``train.precision`` on ``device``: None (fp32) on CPU and for
+    ``fp32``; on CUDA ``bf16``/``fp16`` as asked, ``auto`` = bf16 where supported else fp16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}'; allowed: {', '.join(PRECISIONS)}")
+    if torch.device(device).type != "cuda" or precision == "fp32":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
 
 
-def make_grad_scaler(device: torch.device | str, mixed_precision: str = "auto") -> torch.amp.GradScaler:
+def make_grad_scaler(device: torch.device | str, precision: str = "auto") -> torch.amp.GradScaler:
     """A GradScaler, enabled only for fp16 autocast (bf16 and fp32 need none). Keep one
     per trial and pass it to every :func:`train_one_epoch` so its scale carries over."""
-    enabled = autocast_dtype(device, mixed_precision) == torch.float16
+    enabled = autocast_dtype(device, precision) == torch.float16
     return torch.amp.GradScaler("cuda", enabled=enabled)
 
 
@@ -54,7 +55,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
                     optimizer: torch.optim.Optimizer, scheduler: Any, *,
                     loss_kwargs: Mapping[str, Any], device: torch.device | str,
                     grad_accumulation_steps: int = 1, fgm_epsilon: float = 0.0,
-                    mixed_precision: str = "auto", max_grad_norm: float = 1.0,
+                    precision: str = "auto", max_grad_norm: float = 1.0,
                     scaler: torch.amp.GradScaler | None = None) -> float:
     """Train ``model`` for one pass over ``loader``; return the mean clean batch loss.
 
@@ -65,15 +66,15 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
     N accumulated batches of size b give the mean gradient of the N*b examples (for equal
     per-batch normalisation). Gradients are clipped to ``max_grad_norm`` (<= 0: no
     clipping). ``fgm_epsilon > 0`` adds an FGM adversarial forward/backward per batch.
-    On CUDA, ``mixed_precision="auto"`` autocasts to bf16 (fp16 + GradScaler where bf16 is
+    On CUDA, ``precision`` autocasts (``auto``: bf16, fp16 + GradScaler where bf16 is
     unsupported); on CPU nothing changes, so a seeded run reproduces bit for bit.
     """
     if grad_accumulation_steps < 1:
         raise ValueError(f"grad_accumulation_steps must be >= 1, got {grad_accumulation_steps}")
     device = torch.device(device)
-    dtype = autocast_dtype(device, mixed_precision)
+    dtype = autocast_dtype(device, precision)
     if scaler is None:
-        scaler = make_grad_scaler(device, mixed_precision)
+        scaler = make_grad_scaler(device, precision)
     fgm = FGM(model, fgm_epsilon) if fgm_epsilon > 0 else None
     try:
         num_batches: int | None = len(loader)  # type: ignore[arg-type]

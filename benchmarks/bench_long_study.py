@@ -1,0 +1,96 @@
+"""A long study of the smallest setting: is the cost per trial flat, and Tune's state bounded?
+
+    python benchmarks/bench_long_study.py [--trials 1000] [--storage DIR] [overrides...]
+
+Runs ``python -m tune_app.run`` in this process (``model=tiny data.num_posts=20
+tune.max_epochs=1 retention=minimal``, no end-of-study evaluation) and instruments
+Tune's controller: every experiment-state rewrite (``TuneController.save_to_dir``) is
+timed and the state file's size recorded, and each trial's completion time is taken, so
+a trial's wall time is the time between two completions (harness included). Prints:
+
+* mean wall time per trial of the first and the last 100 trials (after the first,
+  which starts the worker) and their ratio (target <= 1.2);
+* state size and the slowest rewrite around 100 trials and at the end;
+* number of rewrites per trial, total wall time, study disk at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULTS = ["model=tiny", "data.num_posts=20", "tune.max_epochs=1", "retention=minimal",
+            "evaluation.on_finish=false", "tune.verbose=0"]
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=1000)
+    parser.add_argument("--storage", default=None)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    from ray.tune.execution.tune_controller import TuneController
+
+    from tune_app import run
+    from tune_app.tracking.progress import ProgressCallback
+
+    rewrites: list[tuple[int, float, int]] = []  # (finished trials, seconds, state bytes)
+    finished: list[float] = []
+
+    original_save = TuneController.save_to_dir
+
+    def save_to_dir(self: Any) -> None:
+        start = time.perf_counter()
+        original_save(self)
+        path = Path(self.experiment_state_path)
+        rewrites.append((len(finished), time.perf_counter() - start, path.stat().st_size if path.exists() else 0))
+
+    original_complete = ProgressCallback.on_trial_complete
+
+    def on_trial_complete(self: Any, *a: Any, **kw: Any) -> None:
+        finished.append(time.perf_counter())
+        original_complete(self, *a, **kw)
+
+    TuneController.save_to_dir = save_to_dir  # type: ignore[method-assign]
+    ProgressCallback.on_trial_complete = on_trial_complete  # type: ignore[method-assign]
+
+    storage = Path(args.storage or tempfile.mkdtemp(prefix="bench_long_"))
+    start = time.perf_counter()
+    rc = run.main([*DEFAULTS, *args.overrides, f"tune.num_samples={args.trials}",
+                   f"tune.storage_path={storage}", "tune.name=long"])
+    wall = time.perf_counter() - start
+
+    per_trial = [b - a for a, b in zip(finished, finished[1:], strict=False)]
+    window = min(100, max(1, len(per_trial) // 3))
+    first, last = per_trial[:window], per_trial[-window:]
+
+    def around(n: int) -> tuple[int, float]:
+        near = [r for r in rewrites if abs(r[0] - n) <= max(5, n // 20)] or rewrites[-1:]
+        return max(r[2] for r in near), max(r[1] for r in near)
+
+    print(f"\nexit code {rc}; {len(finished)} trials in {wall:.0f} s ({wall / max(len(finished), 1):.2f} s/trial)")
+    print(f"wall per trial: first {window} mean {statistics.mean(first):.3f} s (median "
+          f"{statistics.median(first):.3f}), last {window} mean {statistics.mean(last):.3f} s (median "
+          f"{statistics.median(last):.3f}); last/first = {statistics.mean(last) / statistics.mean(first):.2f} "
+          "(target <= 1.2)")
+    for n in sorted({min(100, len(finished)), len(finished)}):
+        size, slowest = around(n)
+        print(f"at ~{n} trials: experiment state {size / 1e6:.2f} MB, slowest rewrite {slowest * 1000:.0f} ms")
+    print(f"state rewrites: {len(rewrites)} ({len(rewrites) / max(len(finished), 1):.1f} per trial), "
+          f"total {sum(r[1] for r in rewrites):.1f} s; largest {max(r[1] for r in rewrites) * 1000:.0f} ms")
+    study = storage / "long"
+    print(f"study folder {du(study) / 1e6:.1f} MB; checkpoints "
+          f"{sum(du(p) for p in study.glob('*/checkpoint_*')) / 1e6:.1f} MB ({storage})")
+
+
+if __name__ == "__main__":
+    main()
