@@ -87,12 +87,17 @@ def check_resources(cfg: AppConfig) -> dict[str, float]:
 
 
 def make_trainable(cfg: AppConfig) -> Any:
-    """The function trainable with the study config bound and resources attached."""
+    """The function trainable with the study config bound and resources attached.
+
+    Also sets Tune's environment for the study (``_env_for_tune``), so a ``Tuner`` or
+    ``Tuner.restore`` built around it by hand (the README's snippet) syncs like ours.
+    """
     import ray
     from ray import tune
 
     from tune_app.trainable import train_trial
 
+    _env_for_tune()
     available = ray.cluster_resources() if ray.is_initialized() else {"CPU": float(os.cpu_count() or 1)}
     bound = tune.with_parameters(train_trial, app_config=cfg.to_dict())
     return tune.with_resources(bound, trial_resources(cfg, available))

@@ -22,13 +22,16 @@ def _by_order(study: Path) -> list[Path]:
     return sorted(trial_dirs(study), key=lambda p: int(p.name.split("_")[3]))
 
 
-def _fingerprint(trial: Path) -> tuple[dict[str, object], list[dict[str, float]], dict[str, str]]:
+def _fingerprint(trial: Path) -> tuple[dict[str, object], list[dict[str, float]], dict[str, dict[str, str]]]:
+    """Params, per-epoch metrics (not timings) and the payload hashes of every kept checkpoint."""
     state = trial_state(trial)
     history = [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in state["history"]]
-    newest = max(trial.glob("checkpoint_*"), key=lambda p: p.name)
-    files = json.loads((newest / "manifest.json").read_text())["files"]
-    return (json.loads((trial / "params.json").read_text()), history,
-            {name: files[name]["sha256"] for name in PAYLOAD if name in files})
+    hashes = {}
+    for ckpt in sorted(trial.glob("checkpoint_*")):
+        if (ckpt / "manifest.json").is_file():  # pruned ones are tombstones
+            files = json.loads((ckpt / "manifest.json").read_text())["files"]
+            hashes[ckpt.name] = {name: files[name]["sha256"] for name in PAYLOAD if name in files}
+    return json.loads((trial / "params.json").read_text()), history, hashes
 
 
 @pytest.mark.slow
@@ -50,6 +53,7 @@ def test_reused_worker_gives_every_trial_the_result_it_gets_alone(tmp_path: Path
     assert len({trial_state(t)["starts"][0]["pid"] for t in studies["false"]}) == 3
     params = [_fingerprint(t)[0] for t in studies["true"]]
     assert len({json.dumps(p, sort_keys=True) for p in params}) == 3, "the trials differ in their params"
+    assert any(_fingerprint(t)[2] for t in studies["true"]), "some checkpoint is kept to compare"
     for reused, alone in zip(studies["true"], studies["false"], strict=True):
         assert _fingerprint(reused) == _fingerprint(alone), f"{reused.name} differs from {alone.name}"
 
