@@ -76,3 +76,24 @@ def test_baseline_report_is_deterministic_and_fits_the_contract(posts: list[Post
     from jsonschema import Draft202012Validator
 
     assert list(Draft202012Validator(sub).iter_errors(a)) == []
+
+
+def test_html_page_shows_the_model_against_the_baselines(tmp_path: Path) -> None:
+    from tune_app.evaluation.plots import baseline_rows, write_html
+
+    report = {
+        "study_id": "s", "split": "test", "best_trial_id": "t0", "optimization_metric_name": "val_macro_f1",
+        "best_validation_score": 0.8, "evaluated_checkpoints": [{"path": "t0/checkpoint_000001"}],
+        "decision_thresholds": {"strategy": "per_criterion"}, "trials_count": 1, "generated_at": "now",
+        "test_metrics": {"criteria_matching": {"macro_f1": 0.7}, "evidence_binding": {"char_f1": 0.6}},
+        "baselines": {"criteria_matching": {"tfidf_logreg": {"macro_f1": 0.5}, "always_positive": {"macro_f1": 0.25}},
+                      "evidence_binding": {"lexical_tfidf": {"char_f1": 0.4}},
+                      "model_minus_baseline": {"criteria_matching": {"tfidf_logreg": 0.2, "always_positive": 0.45},
+                                               "evidence_binding": {"lexical_tfidf": 0.2}}},
+    }
+    rows = baseline_rows(report)
+    assert rows[0] == ("tuned model", "criteria macro-F1", "0.7000", "")
+    assert ("tfidf_logreg", "criteria macro-F1", "0.5000", "+0.2000") in rows
+    assert ("lexical_tfidf", "evidence char F1", "0.4000", "+0.2000") in rows
+    page = write_html(report, {}, tmp_path / "r.html").read_text()
+    assert "Against the baselines" in page and "always_positive" in page and "+0.4500" in page
