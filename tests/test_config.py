@@ -46,7 +46,7 @@ def test_overrides_apply(tmp_path) -> None:
         ("data.split_ratios=[0.5,0.5,0.5]", ["data.split_ratios", "sum to 1"]),
         ("searchspace=huge", ["searchspace", "small"]),
         ("+tune.bogus=1", ["tune.bogus", "allowed keys"]),
-        ("train.epochs=9", ["train.epochs=9", "tune.max_epochs=4", "raise tune.max_epochs"]),
+        ("train.epochs=9", ["train.epochs=9", "tune.max_epochs=8", "raise tune.max_epochs"]),
         ("train.seed_policy=random", ["train.seed_policy", "study", "per_trial"]),
         ("train.crf_loss_reduction=sum", ["train.crf_loss_reduction", "token_mean", "slot_mean"]),
         ("train.crf_lr_multiplier=0", ["train.crf_lr_multiplier", "[0.1, 1000.0]"]),

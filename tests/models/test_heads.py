@@ -300,17 +300,46 @@ def test_crf_loss_reductions_average_over_tokens_or_slots() -> None:
     heads = {r: BioCrfHead(8, 2, hidden=8, loss_reduction=r) for r in ("token_mean", "slot_mean")}
     heads["slot_mean"].load_state_dict(heads["token_mean"].state_dict())
     sequence, mask = torch.randn(2, 5, 8), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    batch = {"evidence_start": torch.tensor([[1, -100], [2, 0]]), "evidence_end": torch.tensor([[3, -100], [2, 0]])}
-    with torch.no_grad():
-        losses = {}
-        for reduction, head in heads.items():
-            head.eval()
+    start, end = torch.tensor([[1, -100], [2, 0]]), torch.tensor([[3, -100], [2, 0]])
+
+    def loss(reduction: str, s: Tensor, e: Tensor) -> Tensor:
+        head = heads[reduction]
+        head.eval()
+        with torch.no_grad():
             _, _, aux = head.compute(sequence, mask)
-            losses[reduction] = head.loss(aux, batch)
-    kept_slots, kept_tokens = 3, 5 + 3 + 3  # slot (0,1) is ignored
-    torch.testing.assert_close(losses["token_mean"] * kept_tokens, losses["slot_mean"] * kept_slots)
+            return head.loss(aux, {"evidence_start": s, "evidence_end": e})
+
+    def only(row: int, col: int) -> tuple[Tensor, Tensor]:
+        keep = torch.zeros(2, 2, dtype=torch.bool)
+        keep[row, col] = True
+        return start.masked_fill(~keep, -100), end.masked_fill(~keep, -100)
+
+    # Per-slot NLL (slot (0,1) is ignored): slots (0,0) and (1,0) hold spans, (1,1) is null.
+    nll = {rc: loss("slot_mean", *only(*rc)) for rc in ((0, 0), (1, 0), (1, 1))}
+    tokens = {(0, 0): 5, (1, 0): 3, (1, 1): 3}
+    for rc in nll:  # one slot alone: its NLL, or its NLL per token
+        torch.testing.assert_close(loss("token_mean", *only(*rc)) * tokens[rc], nll[rc])
+    # Span and null slots weigh half each (balanced), averaged over slots or over tokens.
+    torch.testing.assert_close(loss("slot_mean", start, end),
+                               0.5 * (nll[0, 0] + nll[1, 0]) / 2 + 0.5 * nll[1, 1])
+    torch.testing.assert_close(loss("token_mean", start, end),
+                               0.5 * (nll[0, 0] + nll[1, 0]) / 8 + 0.5 * nll[1, 1] / 3)
     with pytest.raises(ValueError, match="loss_reduction 'sum'; allowed: token_mean, slot_mean"):
         BioCrfHead(8, 1, loss_reduction="sum")
+
+
+def test_reranker_loss_weighs_span_and_null_slots_half_each(enc: LoadedEncoder) -> None:
+    """Like the start/end cross-entropy: 1 span slot among 3 null ones weighs half."""
+    model = build_model(enc, num_outputs=4, evidence_head="sentence_reranker", head_hidden=16, seed=0)
+    model.eval()
+    b = enc.tokenizer(["i can't sleep. i feel worthless!"], return_tensors="pt")
+    with torch.no_grad():
+        aux = model(b["input_ids"], b["attention_mask"]).evidence_aux
+    scores = aux["sentence_scores"][0]
+    batch = {"evidence_start": torch.tensor([[8, 0, 0, 0]]), "evidence_end": torch.tensor([[9, 0, 0, 0]])}
+    ce = torch.nn.functional.cross_entropy
+    want = 0.5 * ce(scores[:1], torch.tensor([2])) + 0.5 * ce(scores[1:], torch.tensor([0, 0, 0]))
+    torch.testing.assert_close(model.evidence_head.loss(aux, batch), want)
 
 
 def test_bio_span_roundtrip() -> None:

@@ -183,3 +183,33 @@ def test_pos_weight_from_labels() -> None:
     labels = torch.tensor([[1, 0, 0], [0, 0, 0], [1, 1, 0], [0, 0, 0]], dtype=torch.float32)
     torch.testing.assert_close(pos_weight_from_labels(labels), torch.tensor([1.0, 3.0, 4.0]))
     assert pos_weight_from_labels(labels, max_weight=2.0).max().item() == 2.0
+
+
+def test_evidence_ce_weighs_span_and_null_slots_half_each() -> None:
+    """One span slot among seven null slots: the loss is the mean of the two groups' means,
+    not a plain mean over slots (which let the null majority win: the span heads then
+    predicted null on every slot of the embedded set, evidence F1 0.0)."""
+    torch.manual_seed(0)
+    start, end = torch.randn(2, 4, 6), torch.randn(2, 4, 6)
+    gold_s = torch.tensor([[3, 0, 0, 0], [0, 0, 0, 0]])
+    gold_e = torch.tensor([[4, 0, 0, 0], [0, 0, 0, 0]])
+    span_only = evidence_ce(start, end, gold_s.masked_fill(gold_s == 0, -100), gold_e.masked_fill(gold_e == 0, -100))
+    null_only = evidence_ce(start, end, gold_s.masked_fill(gold_s > 0, -100), gold_e.masked_fill(gold_e > 0, -100))
+    mixed = evidence_ce(start, end, gold_s, gold_e)
+    torch.testing.assert_close(mixed, 0.5 * span_only + 0.5 * null_only)
+    plain = evidence_ce(start, end, gold_s, gold_e, balanced=False)
+    torch.testing.assert_close(plain, span_only / 8 + null_only * 7 / 8)
+
+
+def test_evidence_loss_does_not_push_towards_null_when_the_head_cannot_tell() -> None:
+    """A head that already scores the gold token of each slot as high as [CLS] but cannot yet
+    tell present from absent symptoms (same scores on every slot) gets no gradient towards
+    null; with the plain mean 7 null slots in 8 pushed [CLS] above every span."""
+    null = torch.zeros((), requires_grad=True)
+    other = torch.full((2, 4, 4), -10.0)
+    start = torch.cat([null.expand(2, 4, 1), torch.zeros(2, 4, 1), other], dim=-1)
+    gold = torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0]])
+    (grad,) = torch.autograd.grad(evidence_ce(start, start, gold, gold), null)
+    assert abs(float(grad)) < 1e-3
+    (plain,) = torch.autograd.grad(evidence_ce(start, start, gold, gold, balanced=False), null)
+    assert float(plain) < -0.1  # gradient descent raises the null score

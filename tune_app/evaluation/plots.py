@@ -208,10 +208,37 @@ def _summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def baseline_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """``(system, task, score, model minus it)`` rows: the tuned model, then each baseline
+    of the report's ``baselines`` (criteria: macro-F1; evidence: char F1)."""
+    m = report.get(f"{report['split']}_metrics") or {}
+    base = report.get("baselines") or {}
+    deltas = base.get("model_minus_baseline") or {}
+
+    def num(v: Any, sign: bool = False) -> str:
+        if not isinstance(v, int | float):
+            return "n/a"
+        return f"{v:+.4f}" if sign else f"{v:.4f}"
+
+    rows = [("tuned model", "criteria macro-F1", num((m.get("criteria_matching") or {}).get("macro_f1")), ""),
+            ("tuned model", "evidence char F1", num((m.get("evidence_binding") or {}).get("char_f1")), "")]
+    for task, metric, label in (("criteria_matching", "macro_f1", "criteria macro-F1"),
+                                ("evidence_binding", "char_f1", "evidence char F1")):
+        for name, scores in (base.get(task) or {}).items():
+            rows.append((name, label, num(scores.get(metric)), num((deltas.get(task) or {}).get(name), sign=True)))
+    return rows
+
+
 def write_html(report: dict[str, Any], pngs: dict[str, Path], path: Path) -> Path:
-    """One HTML page: a summary table and every PNG inlined as a base64 data URI."""
+    """One HTML page: a summary table, the model against the baselines, and every PNG
+    inlined as a base64 data URI."""
     rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                      for k, v in _summary_rows(report))
+    brows = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                       for r in baseline_rows(report))
+    btable = ("<h2>Against the baselines (same split)</h2>\n<table>\n<tr><th>system</th><th>task</th>"
+              "<th>score</th><th>model minus baseline</th></tr>\n" + brows + "\n</table>"
+              if report.get("baselines") else "")
     imgs = "\n".join(
         f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" '
         f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode("ascii")}">'
@@ -223,6 +250,7 @@ def write_html(report: dict[str, Any], pngs: dict[str, Path], path: Path) -> Pat
 th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
 <body><h1>Evaluation report: {html.escape(str(report['study_id']))}</h1>
 <table>{rows}</table>
+{btable}
 {imgs}
 </body></html>
 """

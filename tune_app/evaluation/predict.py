@@ -172,13 +172,14 @@ def predict(model: torch.nn.Module, tokenizer: Any, posts: Sequence[Post], cfg: 
 
 
 def load_split_posts(study_dir: Path, cfg: AppConfig, split: str) -> list[Post]:
-    """The posts of ``split`` (``validation`` or ``test``) of a study, sorted by post id."""
+    """The posts of ``split`` (``train``, ``validation`` or ``test``) of a study, sorted by
+    post id (``train`` only feeds the report's baselines)."""
     from tune_app.data.redsm5 import load_splits
     from tune_app.study import SPLITS_FILE, load_posts_for
 
     ids = load_splits(study_dir / SPLITS_FILE)
-    if split not in ("validation", "test"):
-        raise EvaluationError(f"split must be 'validation' or 'test', got {split!r}")
+    if split not in ("train", "validation", "test"):
+        raise EvaluationError(f"split must be 'train', 'validation' or 'test', got {split!r}")
     wanted = sorted(ids[split])
     by_id = {p.post_id: p for p in load_posts_for(cfg, only_post_ids=set(wanted)).posts}
     return [by_id[i] for i in wanted]

@@ -7,8 +7,13 @@
   each of its co-best live checkpoints (retention keeps exactly those), thresholds
   calibrated on validation, metrics on the test split per checkpoint and aggregated.
 * :func:`evaluate_finished_study` - the once-per-study test evaluation: runs
-  :func:`evaluate_study`, writes ``<study>/evaluation_report.json`` plus plots, and
-  records it in ``meta/study.json`` (``test_evaluation``), so a second call does nothing.
+  :func:`evaluate_study`, writes ``<study>/evaluation_report.json`` plus plots, records
+  it in ``meta/study.json`` (``test_evaluation``), so a second call does nothing, and logs
+  its numbers on the study's MLflow study-level run.
+
+Every study report holds ``baselines`` (:mod:`tune_app.evaluation.baselines`): TF-IDF +
+logistic regression and always-positive for criteria matching, a lexical TF-IDF sentence
+baseline for evidence binding, scored on the same split, and the model's margin over each.
 """
 
 from __future__ import annotations
@@ -346,6 +351,7 @@ def evaluate_study(study_dir: Path, *, split: str = "test", trial_id: str | None
     Thresholds (criteria and evidence null threshold) are calibrated on the validation
     predictions of the evaluated checkpoints (pooled) and applied to ``split``.
     """
+    from tune_app.evaluation.baselines import baseline_report
     from tune_app.evaluation.predict import (
         criteria_names,
         load_model,
@@ -400,6 +406,9 @@ def evaluate_study(study_dir: Path, *, split: str = "test", trial_id: str | None
     after = [split_metrics_of(p, thresholds, null_threshold) for p in val_preds]
     per_ckpt = [split_metrics_of(p, thresholds, null_threshold) for p in eval_preds]
     mean, agg = aggregate(per_ckpt)
+    baselines = baseline_report(load_split_posts(study_dir, cfg, "train"), eval_posts,
+                                include_no_symptoms=cfg.data.include_no_symptoms, split=split,
+                                model_metrics=mean)
 
     def headline(ms: list[dict[str, Any]]) -> dict[str, Any]:
         m = aggregate(ms)[0]
@@ -430,7 +439,7 @@ def evaluate_study(study_dir: Path, *, split: str = "test", trial_id: str | None
              "validation_score": c.score, "model_sha256": c.model_sha256, "metrics": m}
             for c, m in zip(used, per_ckpt, strict=True)],
         "skipped_checkpoints": skipped,
-        f"{split}_metrics": mean, "aggregation": agg,
+        f"{split}_metrics": mean, "aggregation": agg, "baselines": baselines,
         "trials_count": len(trials), "trials_completed": sum(t.status == "completed" for t in trials),
         "top_trials": _top_trials(trials, mode),
     }
@@ -476,7 +485,8 @@ def evaluate_finished_study(study_dir: Path, *, device: str | None = None, force
     Skipped (returns None) when ``evaluation.on_finish`` is false, or when ``meta/study.json``
     already records a test evaluation whose report exists (unless ``force``). Otherwise
     refreshes the trial reports, evaluates the best trial on the test split, writes
-    ``<study>/evaluation_report.json`` with its plots, and records it in ``meta/study.json``.
+    ``<study>/evaluation_report.json`` with its plots, records it in ``meta/study.json`` and
+    logs its metrics (model and baselines) on the study's MLflow study-level run.
     """
     study_dir = Path(study_dir).resolve()
     cfg = read_study_config(study_dir)
@@ -493,6 +503,10 @@ def evaluate_finished_study(study_dir: Path, *, device: str | None = None, force
     report = evaluate_study(study_dir, split="test", device=device, source="on_finish")
     path = write_study_report(report, study_dir, study_dir=study_dir)
     record_test_evaluation(study_dir, report)
+    from tune_app.tracking.report_log import log_study_report
+
+    log_study_report(report, tracking_uri=cfg.tracking_uri, experiment_name=cfg.experiment_name,
+                     study_name=cfg.tune.name, files=[path, study_dir / HTML_FILE])
     logger.info("test evaluation of %s: best trial %s, test macro-F1 %.4f -> %s", study_dir,
                 report["best_trial_id"], report["test_metrics"]["criteria_matching"]["macro_f1"], path)
     return path

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from tune_app.models import catalog
 from tune_app.models.dual_head import DualHeadOutput
+from tune_app.models.heads import balanced_slot_mean
 
 #: Evidence targets equal to this are ignored (0 is the null span, not ignored).
 IGNORE_INDEX = -100
@@ -139,15 +140,23 @@ def pos_weight_from_labels(labels: Tensor, *, max_weight: float = 100.0) -> Tens
 
 
 def evidence_ce(start_logits: Tensor, end_logits: Tensor, evidence_start: Tensor,
-                evidence_end: Tensor) -> Tensor:
+                evidence_end: Tensor, *, balanced: bool = True) -> Tensor:
     """Mean of start and end cross-entropy over tokens, per slot (target 0 = null span,
-    IGNORE_INDEX = skip). Returns 0 (with a graph) when every target is ignored."""
+    IGNORE_INDEX = skip). Returns 0 (with a graph) when every target is ignored.
+
+    ``balanced`` (default): slots with a gold span and null slots weigh half each
+    (:func:`tune_app.models.heads.balanced_slot_mean`); without it every slot weighs the
+    same, and the null slots' majority teaches the span heads to always predict null.
+    """
 
     def ce(logits: Tensor, target: Tensor) -> Tensor:
         flat = logits.float().reshape(-1, logits.shape[-1])
         tgt = target.reshape(-1).long().to(flat.device)
-        total = F.cross_entropy(flat, tgt, ignore_index=IGNORE_INDEX, reduction="sum")
-        return total / (tgt != IGNORE_INDEX).sum().clamp_min(1)
+        keep = tgt != IGNORE_INDEX
+        per = F.cross_entropy(flat, tgt, ignore_index=IGNORE_INDEX, reduction="none")
+        if balanced:
+            return balanced_slot_mean(per, keep, tgt > 0)
+        return per.sum() / keep.sum().clamp_min(1)
 
     return 0.5 * (ce(start_logits, evidence_start) + ce(end_logits, evidence_end))
 
