@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from searchspaces.small import encoder_kind
 from tune_app.models.catalog import (
     COUPLING_METHODS,
     COUPLING_POOLINGS,
@@ -57,7 +58,7 @@ def head_hidden_used(criteria_head: str, evidence_head: str) -> bool:
 
 def define(trial: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
     """Optuna define-by-run: sample one trial's parameters (dotted config keys)."""
-    kind = "tiny" if settings.get("model", "tiny") == "tiny" else "pretrained"
+    kind = encoder_kind(settings)
 
     # Optimisation.
     max_epochs = int(settings.get("max_epochs", 1))

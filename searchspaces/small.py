@@ -21,8 +21,11 @@ HEAD_LR_MULTIPLIER_RANGE: tuple[float, float] = (5.0, 30.0)
 
 
 def encoder_kind(settings: dict[str, Any]) -> str:
-    """``tiny`` (random init, trained from scratch) or ``pretrained``."""
-    return "tiny" if settings.get("model", "tiny") == "tiny" else "pretrained"
+    """``tiny`` (random init, trained from scratch: the catalog's ``tiny`` source) or ``pretrained``."""
+    from tune_app.models.catalog import ENCODER_CATALOG
+
+    spec = ENCODER_CATALOG.get(str(settings.get("model", "tiny")))
+    return "tiny" if spec is None or spec.source == "tiny" else "pretrained"
 
 
 def define(trial: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
