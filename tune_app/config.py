@@ -31,6 +31,10 @@ OPTIMISABLE_METRICS: tuple[str, ...] = (
 #: a seed derived from the study seed and the trial's sampled params (reproducible).
 SEED_POLICIES: tuple[str, ...] = ("study", "per_trial")
 
+#: ``tune.scheduler``: ``fifo`` = every trial trains its planned epochs; ``asha`` / ``median`` =
+#: Tune's ASHAScheduler / MedianStoppingRule stop hopeless trials early (``tune_app.early_stopping``).
+SCHEDULERS: tuple[str, ...] = ("fifo", "asha", "median")
+
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the key and the allowed values."""
@@ -105,6 +109,11 @@ class TuneSection:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = -1.0  # -1: one GPU when CUDA is available, else 0
     include_dashboard: bool = False
+    # Early stopping (tune_app/early_stopping.py); validated in _validate_early_stopping.
+    scheduler: str = "asha"  # fifo | asha | median
+    grace_period: int = 1  # asha, median: epochs every trial trains before it may be stopped
+    reduction_factor: float = 3.0  # asha: about 1 in reduction_factor trials passes each rung
+    min_samples: int = 3  # median: other trials needed at an epoch before the rule stops anything
 
 
 @dataclass
@@ -396,6 +405,22 @@ def validate(cfg: AppConfig) -> None:
     _choice("train.seed_policy", cfg.train.seed_policy, SEED_POLICIES)
     _fraction("train.crf_lr_multiplier", cfg.train.crf_lr_multiplier, 0.1, 1000.0)
     _choice("train.crf_loss_reduction", cfg.train.crf_loss_reduction, CRF_LOSS_REDUCTIONS)
+    _validate_early_stopping(cfg)
+
+
+def _validate_early_stopping(cfg: AppConfig) -> None:
+    """``tune.scheduler`` and its knobs (issue 12)."""
+    t = cfg.tune
+    _choice("tune.scheduler", t.scheduler, SCHEDULERS)
+    if isinstance(t.grace_period, bool) or not isinstance(t.grace_period, int) \
+            or not 1 <= t.grace_period <= t.max_epochs:
+        raise ConfigError(f"tune.grace_period={t.grace_period!r} is invalid: must be an integer between 1 and "
+                          f"tune.max_epochs={t.max_epochs} (epochs every trial trains before it may be stopped)")
+    if isinstance(t.reduction_factor, bool) or not isinstance(t.reduction_factor, int | float) \
+            or not 1 < float(t.reduction_factor) <= 100:
+        raise ConfigError(f"tune.reduction_factor={t.reduction_factor!r} is invalid: must be a number in (1, 100] "
+                          "(asha: about 1 in reduction_factor trials passes each rung; 3 or 4 are usual)")
+    _positive_int("tune.min_samples", t.min_samples)
 
 
 def load_study_config(study_dir: Path) -> AppConfig:
