@@ -111,7 +111,7 @@ class TuneSection:
     include_dashboard: bool = False
     # Early stopping (tune_app/early_stopping.py); validated in _validate_early_stopping.
     scheduler: str = "asha"  # fifo | asha | median
-    grace_period: int = 1  # asha, median: epochs every trial trains before it may be stopped
+    grace_period: int = 2  # asha, median: epochs every trial trains before it may be stopped (<= max_epochs used)
     reduction_factor: float = 3.0  # asha: about 1 in reduction_factor trials passes each rung
     min_samples: int = 3  # median: other trials needed at an epoch before the rule stops anything
 
@@ -412,10 +412,9 @@ def _validate_early_stopping(cfg: AppConfig) -> None:
     """``tune.scheduler`` and its knobs (issue 12)."""
     t = cfg.tune
     _choice("tune.scheduler", t.scheduler, SCHEDULERS)
-    if isinstance(t.grace_period, bool) or not isinstance(t.grace_period, int) \
-            or not 1 <= t.grace_period <= t.max_epochs:
-        raise ConfigError(f"tune.grace_period={t.grace_period!r} is invalid: must be an integer between 1 and "
-                          f"tune.max_epochs={t.max_epochs} (epochs every trial trains before it may be stopped)")
+    if isinstance(t.grace_period, bool) or not isinstance(t.grace_period, int) or t.grace_period < 1:
+        raise ConfigError(f"tune.grace_period={t.grace_period!r} is invalid: must be an integer >= 1 (epochs every "
+                          "trial trains before it may be stopped; above tune.max_epochs it is tune.max_epochs)")
     if isinstance(t.reduction_factor, bool) or not isinstance(t.reduction_factor, int | float) \
             or not 1 < float(t.reduction_factor) <= 100:
         raise ConfigError(f"tune.reduction_factor={t.reduction_factor!r} is invalid: must be a number in (1, 100] "

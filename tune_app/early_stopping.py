@@ -325,12 +325,13 @@ def make_scheduler(cfg: AppConfig) -> Any:
     ``set_search_properties``; a scheduler built with its own metric makes Tune refuse the pair).
     """
     t = cfg.tune
+    grace = min(t.grace_period, t.max_epochs)  # a short study (tune.max_epochs=1) keeps the default valid
     if t.scheduler == "asha":
         return DurableASHAScheduler(max_epochs=t.max_epochs, time_attr=TIME_ATTR, max_t=t.max_epochs,
-                                    grace_period=t.grace_period, reduction_factor=t.reduction_factor)
+                                    grace_period=grace, reduction_factor=t.reduction_factor)
     if t.scheduler == "median":
         return DurableMedianStoppingRule(max_epochs=t.max_epochs, time_attr=TIME_ATTR,
-                                         grace_period=t.grace_period, min_samples_required=t.min_samples)
+                                         grace_period=grace, min_samples_required=t.min_samples)
     return FIFOScheduler()
 
 

@@ -41,7 +41,8 @@ METRIC = "val_macro_f1"
 
 def _args(storage: Path, name: str, samples: int, epochs: int, *extra: str) -> list[str]:
     return [f"tune.num_samples={samples}", f"tune.max_epochs={epochs}", f"tune.storage_path={storage}",
-            f"tune.name={name}", "tune.scheduler=asha", "tune.reduction_factor=4", "tune.reuse_actors=true",
+            f"tune.name={name}", "tune.scheduler=asha", "tune.grace_period=1", "tune.reduction_factor=4",
+            "tune.reuse_actors=true",
             "data.num_posts=60", *extra]
 
 
