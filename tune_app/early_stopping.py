@@ -176,11 +176,14 @@ class _DurableStopping:
         return decision
 
     def _record_on_disk(self, trial_dir: Path, record: dict[str, Any]) -> None:
+        from tune_app.checkpoints.failpoints import pause
+
         try:
             outcome.record_stopped(trial_dir, record)
         except OSError as exc:
             logger.warning("early stopping: could not record the stop in %s: %s", trial_dir, exc)
             return
+        pause("stop")  # crash tests: recorded on disk, not yet in early_stopping.json nor Tune's state
         try:  # the trial's validation report shows the new status
             from tune_app.evaluation.report import write_trial_report
 

@@ -273,3 +273,36 @@ def test_kill_at_random_moments_then_resume_keeps_the_decisions(tmp_path: Path, 
     assert run([f"resume={study}"], log) == 0, tail(log)
     _check_done(storage, study, log)
     _check_carried_over(study, before)
+
+
+@pytest.mark.slow
+def test_a_kill_between_the_stop_record_and_tunes_state_never_revives_the_trial(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worst moment: the stop is on disk, Tune still holds the trial as RUNNING (failpoint)."""
+    storage = tmp_path / "experiments"
+    study = storage / "window"
+    log = tmp_path / "run.log"
+    monkeypatch.setenv("TUNE_APP_FAILPOINTS", "stop=60")
+    proc = start_run(_args(storage, "window", KILL_SAMPLES, KILL_EPOCHS), log)
+    monkeypatch.delenv("TUNE_APP_FAILPOINTS")
+    try:
+        wait_for(lambda: _first_stop(study), 400, "a trial is stopped early", proc, log)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        end_group(proc)
+    (victim,) = [t for t in trial_dirs(study) if trial_state(t).get("status") == "stopped"]
+    before = trial_state(victim)
+    resume_log = tmp_path / "resume.log"
+    assert run([f"resume={study}"], resume_log) == 0, tail(resume_log)
+    _check_done(storage, study, resume_log)
+    after = trial_state(victim)
+    assert after["status"] == "stopped" and after["history"] == before["history"]
+    assert after["starts"] == before["starts"], "the stopped trial was trained again"
+    assert len(_checkpoints(victim)) == before["stopped_early"]["epoch"]
+    # Tune revived it (its saved state said RUNNING); the trainable reported its last result instead.
+    assert "not training it again" in resume_log.read_text()
+    tid = json.loads((victim / "result.json").read_text().splitlines()[-1])["trial_id"]
+    (mlrun,) = [r for r in mlflow_runs(storage, "window") if r["tags"]["tune_app.trial_id"] == tid]
+    assert mlrun["status"] == "FINISHED" and mlrun["tags"][outcome.OUTCOME_TAG] == "stopped"
+    _stopped_trials_are_consistent(study)

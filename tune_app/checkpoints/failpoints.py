@@ -7,7 +7,9 @@ tests) a point costs one dictionary lookup.
 
 Points: ``save`` (inside ``save_checkpoint``: the model file is written, the rest
 is not, nothing is published), ``prune`` (inside ``prune_checkpoint``: the
-``PRUNED`` marker is in place, the first file is deleted, the others are not).
+``PRUNED`` marker is in place, the first file is deleted, the others are not), ``stop``
+(in the early-stopping scheduler: the stop is in ``trial_state.json``, not yet in
+``meta/early_stopping.json`` nor in Tune's experiment state).
 """
 
 from __future__ import annotations
