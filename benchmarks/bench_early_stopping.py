@@ -14,6 +14,16 @@ it reads what the study folder holds and prints:
 
 Targets (issue 12): ASHA trains <= 45 % of FIFO's trial-epochs, and its best val_macro_f1 is
 within 0.02 of FIFO's, both averaged over the seeds. Exit 0 when both hold, 1 otherwise.
+
+Measured (one run, ``--reuse-actors``, defaults: asha grace_period=2 reduction_factor=3, median
+grace_period=2 min_samples=3; 2 shared CPU cores), seeds 0 / 1:
+
+    fifo    180 / 180 trial-epochs (100 %),  wall 476 / 343 s, best 0.7678 / 0.7226
+    asha    144 / 104 trial-epochs (68.9 %), wall 337 / 189 s, best 0.7678 / 0.7374  (mean +0.0074)
+    median  162 / 113 trial-epochs (76.4 %), wall 345 / 223 s, best 0.7678 / 0.7226  (mean  0.0000)
+    -> quality target met, trial-epoch target (<= 45 %) not met. With grace_period=1 (seed 0):
+       asha 98 (54 %), best 0.6004; rf 4: 93 (52 %), 0.4159; median 92 (51 %), 0.4495: epoch 1 is
+       warm-up noise on this model and TPE learns from the stopped trials' epoch-1 scores.
 A study seed sets both ``seed`` (data order, initialisation) and ``tune.sampler_seed`` (TPE).
 """
 
@@ -110,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if "fifo" in args.schedulers and "asha" in args.schedulers:
         ratio, gap = mean("asha", "trial_epochs") / fifo_epochs, fifo_best - mean("asha", "best")
         hit = ratio <= EPOCH_TARGET and gap <= BEST_TOLERANCE
-        print(f"\ntarget: asha trial-epochs {ratio:.1%} of fifo (<= {EPOCH_TARGET:.0%}), best {gap:+.4f} below fifo "
-              f"(<= {BEST_TOLERANCE}): {'MET' if hit else 'NOT MET'}")
+        print(f"\ntarget: asha trial-epochs {ratio:.1%} of fifo (<= {EPOCH_TARGET:.0%}), best {-gap:+.4f} vs fifo "
+              f"(>= -{BEST_TOLERANCE}): {'MET' if hit else 'NOT MET'}")
         ok = ok and hit
     print(f"details: {storage / 'bench_early_stopping.json'}")
     return 0 if ok else 1
