@@ -114,7 +114,7 @@ def test_unfinished_trials_without_errors_are_an_interruption(cfg: Any, capsys: 
     outcome = summarise(grid, cfg)
     assert (outcome.errored, outcome.interrupted) == (0, True)
     assert _report(outcome) == 130
-    assert "Study interrupted: 0/2 trials finished" in capsys.readouterr().err
+    assert "Study interrupted: 0/2 trials ended (0 finished, 0 stopped early, 0 failed)" in capsys.readouterr().err
 
 
 def test_without_tune_trials_the_result_error_decides(cfg: Any) -> None:

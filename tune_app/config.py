@@ -36,6 +36,10 @@ SEED_POLICIES: tuple[str, ...] = ("study", "per_trial")
 #: GradScaler). Autocast applies on CUDA only: on CPU every choice trains in fp32.
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
+#: ``tune.scheduler``: ``fifo`` = every trial trains its planned epochs; ``asha`` / ``median`` =
+#: Tune's ASHAScheduler / MedianStoppingRule stop hopeless trials early (``tune_app.early_stopping``).
+SCHEDULERS: tuple[str, ...] = ("fifo", "asha", "median")
+
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the key and the allowed values."""
@@ -110,6 +114,11 @@ class TuneSection:
     cpus_per_trial: float | str = "all"  # "all": every CPU Ray sees (trials run one at a time)
     gpus_per_trial: float = -1.0  # -1: one GPU when CUDA is available, else 0
     include_dashboard: bool = False
+    # Early stopping (tune_app/early_stopping.py); validated in _validate_early_stopping.
+    scheduler: str = "asha"  # fifo | asha | median
+    grace_period: int = 2  # asha, median: epochs every trial trains before it may be stopped (<= max_epochs used)
+    reduction_factor: float = 3.0  # asha: about 1 in reduction_factor trials passes each rung
+    min_samples: int = 3  # median: other trials needed at an epoch before the rule stops anything
 
 
 @dataclass
@@ -402,6 +411,21 @@ def validate(cfg: AppConfig) -> None:
     if cpus != "all" and (isinstance(cpus, bool) or not isinstance(cpus, int | float) or not cpus > 0):
         raise ConfigError(f"tune.cpus_per_trial={cpus!r} is invalid: \"all\" (every CPU; the default) "
                           "or a number > 0")
+    _validate_early_stopping(cfg)
+
+
+def _validate_early_stopping(cfg: AppConfig) -> None:
+    """``tune.scheduler`` and its knobs (issue 12)."""
+    t = cfg.tune
+    _choice("tune.scheduler", t.scheduler, SCHEDULERS)
+    if isinstance(t.grace_period, bool) or not isinstance(t.grace_period, int) or t.grace_period < 1:
+        raise ConfigError(f"tune.grace_period={t.grace_period!r} is invalid: must be an integer >= 1 (epochs every "
+                          "trial trains before it may be stopped; above tune.max_epochs it is tune.max_epochs)")
+    if isinstance(t.reduction_factor, bool) or not isinstance(t.reduction_factor, int | float) \
+            or not 1 < float(t.reduction_factor) <= 100:
+        raise ConfigError(f"tune.reduction_factor={t.reduction_factor!r} is invalid: must be a number in (1, 100] "
+                          "(asha: about 1 in reduction_factor trials passes each rung; 3 or 4 are usual)")
+    _positive_int("tune.min_samples", t.min_samples)
 
 
 def load_study_config(study_dir: Path) -> AppConfig:

@@ -102,10 +102,11 @@ def _resume(cfg: object) -> int:
                         backup_count=cfg.tracking.log_backup_count)
     status = study_status(cfg)
     if status.complete:
-        print(f"Study {cfg.study_dir} is already complete: {status.terminated}/{status.num_samples} "
-              f"trials finished (best {cfg.tune.metric} {status.best_score}). Nothing was re-run.")
+        print(f"Study {cfg.study_dir} is already complete: {status.ended}/{status.num_samples} "
+              f"trials ({status.counts_line}; best {cfg.tune.metric} {status.best_score}). Nothing was re-run.")
         return _evaluate_on_finish(cfg.study_dir)
-    logger.info("resuming %s: %d/%d trials finished", cfg.study_dir, status.terminated, status.num_samples)
+    logger.info("resuming %s: %d/%d trials ended (%s)", cfg.study_dir, status.ended, status.num_samples,
+                status.counts_line)
     return _report(run_study(cfg, resume=True))
 
 
@@ -131,18 +132,19 @@ def _report(outcome: object) -> int:
 
     assert isinstance(outcome, StudyOutcome)
     if outcome.complete:
-        print(f"Study complete: {outcome.terminated}/{outcome.num_samples} trials; best trial "
+        print(f"Study complete: {outcome.ended}/{outcome.num_samples} trials ({outcome.counts_line}); best trial "
               f"{outcome.best_trial_id} with score {outcome.best_score}. Results in {outcome.study_dir}")
         return _evaluate_on_finish(outcome.study_dir)
     if outcome.errored:
         for trial, error_file in outcome.failures:
             print(f"Trial {trial} failed:\n{trial_error(error_file)}\n"
                   f"(error file: {error_file or 'none saved'})\n", file=sys.stderr)
-        print(f"Study ended with {outcome.errored} failed trial(s) ({outcome.terminated}/{outcome.num_samples} "
-              f"finished). After fixing the cause, resume: python -m tune_app.run resume={outcome.study_dir}",
+        print(f"Study ended with {outcome.errored} failed trial(s) ({outcome.counts_line}, of "
+              f"{outcome.num_samples}). After fixing the cause, resume: python -m tune_app.run resume={outcome.study_dir}",
               file=sys.stderr)
         return 1
-    print(f"Study interrupted: {outcome.terminated}/{outcome.num_samples} trials finished. Resume with:\n"
+    print(f"Study interrupted: {outcome.ended}/{outcome.num_samples} trials ended ({outcome.counts_line}). "
+          f"Resume with:\n"
           f"  python -m tune_app.run resume={outcome.study_dir}", file=sys.stderr)
     return 130
 

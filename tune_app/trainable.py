@@ -35,6 +35,8 @@ from torch.utils.data import DataLoader
 
 from tune_app import config as config_mod
 from tune_app.config import AppConfig, ConfigError
+from tune_app.early_stopping import training_slot
+from tune_app.outcome import stopped_final_result
 from tune_app.study import (
     SPLITS_FILE,
     TRIAL_CONFIG,
@@ -365,7 +367,16 @@ def train_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
                                       max_bytes=cfg.tracking.log_max_bytes,
                                       backup_count=cfg.tracking.log_backup_count)
     try:
-        _train(cfg, params, ctx, storage, trial_dir)
+        # Stopped early before a restore (a kill can land between the scheduler's decision and
+        # Tune's saved state): never trained again; its last result goes back to Tune instead.
+        final = stopped_final_result(trial_dir)
+        if final is not None:
+            logger.info("trial %s was stopped early at epoch %s: not training it again", ctx.get_trial_id(),
+                        final.get("epoch"))
+            tune.report(final)
+            return
+        with training_slot(ctx.get_trial_id()):
+            _train(cfg, params, ctx, storage, trial_dir)
     finally:
         release_memory()  # the worker is reused: nothing of this trial stays allocated
         log_session.close()

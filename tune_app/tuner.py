@@ -40,18 +40,33 @@ class StudyOutcome:
     #: (trial folder name, Tune's ``error.txt`` of it) for each trial that ended in ERROR:
     #: the study's copy, or the driver's staging copy when Tune could not sync it (full disk).
     failures: tuple[tuple[str, Path | None], ...] = ()
+    #: Trials the early-stopping scheduler ended before their planned epochs (an outcome, not an error);
+    #: ``terminated`` counts the finished ones only.
+    stopped: int = 0
 
     @property
     def errored(self) -> int:
         return len(self.failures)
 
     @property
+    def ended(self) -> int:
+        """Finished plus stopped early: trials that will never train again."""
+        return self.terminated + self.stopped
+
+    @property
     def interrupted(self) -> bool:
-        return self.terminated + self.errored < self.num_samples
+        return self.ended + self.errored < self.num_samples
 
     @property
     def complete(self) -> bool:
-        return self.terminated >= self.num_samples and self.errored == 0
+        return self.ended >= self.num_samples and self.errored == 0
+
+    @property
+    def counts_line(self) -> str:
+        """``N finished, K stopped early, F failed``."""
+        from tune_app.outcome import FAILED, FINISHED, STOPPED, summary_line
+
+        return summary_line({FINISHED: self.terminated, STOPPED: self.stopped, FAILED: self.errored})
 
 
 def trial_resources(cfg: AppConfig, available: dict[str, float]) -> dict[str, float]:
@@ -162,6 +177,13 @@ def _env_for_tune() -> None:
     sync_state_when_trial_added()
 
 
+def make_scheduler(cfg: AppConfig) -> Any:
+    """``tune.scheduler``: FIFO, or Tune's ASHA / median stopping rule made durable (issue 12)."""
+    from tune_app.early_stopping import make_scheduler as _make
+
+    return _make(cfg)
+
+
 def build_tuner(cfg: AppConfig) -> Any:
     """A new ``Tuner`` for ``cfg`` (the study folder must have been prepared)."""
     import optuna
@@ -178,6 +200,7 @@ def build_tuner(cfg: AppConfig) -> Any:
         make_trainable(cfg),
         tune_config=tune.TuneConfig(
             search_alg=search,
+            scheduler=make_scheduler(cfg),
             metric=cfg.tune.metric,
             mode=cfg.tune.mode,
             num_samples=cfg.tune.num_samples,
@@ -263,34 +286,42 @@ def _error_file(trial: Any) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
-def _planned_epochs(result: Any, cfg: AppConfig) -> int:
-    """The epochs a trial was to train: its sampled ``train.epochs``, else the study's."""
-    params = getattr(result, "config", None) or {}
-    return int(params.get("train.epochs") or cfg.tune.max_epochs)
-
-
 def summarise(result_grid: Any, cfg: AppConfig) -> StudyOutcome:
-    """Count finished and failed trials and find the best one, from Tune's results."""
+    """Count finished, stopped-early and failed trials and find the best one, from Tune's results.
+
+    Each trial's outcome comes from ``tune_app.outcome.classify``: Tune's ERROR is a failure;
+    ``trial_state.json`` tells a trial stopped early (Tune marks its last result ``done`` as
+    well); else its epochs against its planned epochs (not Tune's status: after a SIGINT its
+    in-memory trials read TERMINATED too).
+    """
     from ray.tune.experiment import Trial
 
+    from tune_app import outcome
+
     trials = _tune_trials(result_grid)
-    terminated = 0
+    terminated = stopped = 0
     failures: list[tuple[str, Path | None]] = []
     best_id, best = None, None
     for i, result in enumerate(result_grid):
         metrics = result.metrics or {}
         trial = trials[i] if trials else None
-        if (trial is not None and trial.status == Trial.ERROR) or result.error is not None:
+        errored = (trial is not None and trial.status == Trial.ERROR) or result.error is not None
+        state = outcome.read_trial_state(result.path) if getattr(result, "path", None) else {}
+        kind = outcome.classify(errored=errored, state=state, last_epoch=metrics.get("epoch"),
+                                planned=outcome.planned_epochs(getattr(result, "config", None), cfg.tune.max_epochs),
+                                done=bool(metrics.get("done")))
+        if kind == outcome.FAILED:
             failures.append((Path(result.path).name, _error_file(trial) if trial is not None
                              else Path(result.path) / "error.txt"))
-        elif metrics.get("done") or metrics.get("epoch") == _planned_epochs(result, cfg):
-            # Not Tune's status: after a SIGINT its in-memory trials read TERMINATED too.
+        elif kind == outcome.FINISHED:
             terminated += 1
+        elif kind == outcome.STOPPED:
+            stopped += 1
         score = metrics.get(cfg.tune.metric)
         if isinstance(score, int | float) and (best is None or score > best):
             best, best_id = float(score), metrics.get("trial_id")
     return StudyOutcome(study_dir=cfg.study_dir, num_samples=cfg.tune.num_samples, terminated=terminated,
-                        best_trial_id=best_id, best_score=best, failures=tuple(failures))
+                        best_trial_id=best_id, best_score=best, failures=tuple(failures), stopped=stopped)
 
 
 def run_study(cfg: AppConfig, *, resume: bool) -> StudyOutcome:

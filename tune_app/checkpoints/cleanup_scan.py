@@ -32,14 +32,16 @@ from tune_app.checkpoints.store import (
     prune_checkpoint,
     verify_checkpoint,
 )
+from tune_app.outcome import TRIAL_STATE_FILE as OUTCOME_STATE_FILE
+from tune_app.outcome import trial_ended
 
 __all__ = ["Candidate", "CleanupReport", "TRIAL_STATE_FILE", "checkpoint_score", "execute", "scan_study",
            "trial_finished"]
 
 _LOG = logging.getLogger(__name__)
 
-#: Written by the Tune integration into each trial dir; ``"status": "completed"`` = finished.
-TRIAL_STATE_FILE = "trial_state.json"
+#: Written by the Tune integration into each trial dir (see ``tune_app.outcome``).
+TRIAL_STATE_FILE = OUTCOME_STATE_FILE
 
 REASON_TMP = "stale temp from an interrupted save or state write"
 REASON_HALF_PRUNED = "half-pruned"
@@ -65,12 +67,11 @@ class CleanupReport:
 
 
 def trial_finished(trial_dir: Path) -> bool:
-    """True when the trial's ``trial_state.json`` says ``"status": "completed"``."""
-    try:
-        data = json.loads((trial_dir / TRIAL_STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return False  # unknown: treat as running, which keeps its resume point
-    return isinstance(data, dict) and data.get("status") == "completed"
+    """True when the trial has ended (finished, or stopped early): ``tune_app.outcome.trial_ended``.
+
+    Unknown (no readable ``trial_state.json``) counts as running, which keeps its resume point.
+    """
+    return trial_ended(trial_dir)
 
 
 def checkpoint_score(ckpt: Path, metric: str) -> float | None:
@@ -124,7 +125,7 @@ def scan_study(
     that fail verification ("corrupt: ..."), and valid checkpoints that
     :func:`plan_retention` would delete (score = ``state.json``
     ``trainer_state.metrics[metric]``, index from the directory name, finished when
-    ``trial_state.json`` says ``"status": "completed"``). ``check_hashes=False``
+    the trial has ended: ``trial_state.json`` says ``completed`` or ``stopped``). ``check_hashes=False``
     skips reading every payload byte (sizes and manifest only).
     """
     study_dir = Path(study_dir)

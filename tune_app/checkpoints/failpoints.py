@@ -9,7 +9,9 @@ Points: ``save`` (inside ``save_checkpoint``: the model file is written, the res
 is not, nothing is published), ``prune`` (inside ``prune_checkpoint``: the
 ``PRUNED`` marker is in place, the first file is deleted, the others are not),
 ``trial_start`` (in the trainable: the trial's folder and config exist, nothing is
-trained or reported yet).
+trained or reported yet), ``stop`` (in the early-stopping scheduler: the stop is in
+``trial_state.json``, not yet in ``meta/early_stopping.json`` nor in Tune's experiment
+state).
 
 :func:`triggered` asks whether a point is set at all: ``oom=1`` makes the first
 training step of every trial raise a CUDA out-of-memory error, so the OOM path is

@@ -33,6 +33,7 @@ import yaml
 from tune_app.config import AppConfig
 from tune_app.evaluation.contracts import validate, validate_checkpoint_metadata
 from tune_app.evaluation.predict import EvaluationError
+from tune_app.outcome import STATE_COMPLETED, STATE_STATUSES, STATE_STOPPED
 from tune_app.study import STUDY_META
 
 logger = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def read_trial(trial_dir: Path, metric: str, mode: str = "max", params: dict[str
     if params is None:
         params = _read_json(trial_dir / "params.json")
     info = TrialInfo(path=trial_dir, trial_id=_trial_id(trial_dir),
-                     status=str(state["status"]) if state.get("status") in ("running", "completed") else "unknown",
+                     status=str(state["status"]) if state.get("status") in STATE_STATUSES else "unknown",
                      history=history, params=dict(params or {}),
                      checkpoints=read_checkpoints(trial_dir, metric))
     sign = 1.0 if mode == "max" else -1.0
@@ -440,7 +441,9 @@ def evaluate_study(study_dir: Path, *, split: str = "test", trial_id: str | None
             for c, m in zip(used, per_ckpt, strict=True)],
         "skipped_checkpoints": skipped,
         f"{split}_metrics": mean, "aggregation": agg, "baselines": baselines,
-        "trials_count": len(trials), "trials_completed": sum(t.status == "completed" for t in trials),
+        "trials_count": len(trials), "trials_completed": sum(t.status == STATE_COMPLETED for t in trials),
+        # Stopped early by the scheduler: considered like any other trial (best epoch, checkpoints).
+        "trials_stopped": sum(t.status == STATE_STOPPED for t in trials),
         "top_trials": _top_trials(trials, mode),
     }
     report = _clean(report)

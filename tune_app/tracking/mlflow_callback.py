@@ -58,6 +58,22 @@ STEP_KEY = "epoch"
 _MLFLOW_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
+def outcome_tags(trial: Trial) -> dict[str, str]:
+    """Tags of an ended trial's run: ``tune_app.outcome`` and, when stopped early, at which epoch and why."""
+    from tune_app import outcome
+
+    storage = getattr(trial, "storage", None)
+    state = outcome.read_trial_state(storage.trial_fs_path) if storage is not None else {}
+    record = outcome.stop_record(state)
+    if record is None:
+        # Not done training at its end (a SIGINT stops trials too): interrupted; a resume re-tags it.
+        ended = outcome.outcome_from_state(state)
+        return {outcome.OUTCOME_TAG: ended if ended in outcome.ENDED else outcome.INTERRUPTED}
+    return sanitize_mapping({outcome.OUTCOME_TAG: outcome.STOPPED, outcome.STOPPED_EARLY_TAG: "true",
+                             outcome.STOPPED_AT_EPOCH_TAG: str(record.get("epoch", state.get("epoch"))),
+                             outcome.STOPPED_BY_TAG: outcome.describe_stop(record)})
+
+
 def study_tags(study_dir: Path) -> dict[str, str]:
     """Dataset id and resolved revision from ``<study>/meta/study.json`` (empty if absent)."""
     from tune_app.study import STUDY_META
@@ -207,6 +223,8 @@ class ResumableMLflowLoggerCallback(LoggerCallback):
     def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
         ref = self._trial_runs.get(trial.trial_id)
         if ref is not None:
+            if not failed:
+                self.writer.set_tags(ref, outcome_tags(trial))
             self.writer.set_status(ref, "FAILED" if failed else "FINISHED")
 
     def set_study_tags(self, tags: dict[str, Any]) -> None:

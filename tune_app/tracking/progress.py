@@ -76,35 +76,57 @@ class StudyProgress:
     best_trial_id: str | None
     eta_s: float | None
     mean_trial_s: float | None
+    #: Of ``done``: trials the early-stopping scheduler ended before their planned epochs.
+    stopped: int = 0
 
     @property
     def line(self) -> str:
-        return format_progress(self.done, self.total, metric=self.metric, best_value=self.best_value,
+        line = format_progress(self.done, self.total, metric=self.metric, best_value=self.best_value,
                                best_trial=self.best_trial, eta_s=self.eta_s)
+        if self.stopped:
+            head, sep, rest = line.partition(" | ")
+            line = f"{head} | {self.stopped} stopped early{sep}{rest}"
+        return line
 
     def as_tags(self) -> dict[str, str]:
         """Tags for the study-level MLflow run."""
         pct = 100.0 * self.done / self.total if self.total else 0.0
         tags = {"progress": self.line, "progress.done": self.done, "progress.total": self.total,
+                "progress.stopped": self.stopped,
                 "progress.percent": f"{pct:.1f}", "progress.best_value": self.best_value,
                 "progress.best_trial": self.best_trial_id, "progress.eta_s": self.eta_s}
         return {f"tune_app.{k}": ("" if v is None else str(v)) for k, v in tags.items()}
 
 
+def trial_was_stopped(trial: Trial) -> bool:
+    """The trial's ``trial_state.json`` records an early stop (``tune_app.outcome``)."""
+    from tune_app import outcome
+
+    storage = getattr(trial, "storage", None)
+    path = getattr(storage, "trial_fs_path", None)
+    return isinstance(path, str | Path) and bool(path) and outcome.trial_outcome(path) == outcome.STOPPED
+
+
 def study_progress(trials: Sequence[Trial], total: int, metric: str, mode: str,
-                   finished: Trial | None = None) -> StudyProgress:
-    """Progress of Tune's ``trials`` (creation order): finished count, best, ETA.
+                   finished: Trial | None = None, stopped: set[str] | None = None) -> StudyProgress:
+    """Progress of Tune's ``trials`` (creation order): ended count, best, ETA.
 
     ``finished``: the trial Tune is completing right now (its status is not final yet).
+    ``stopped``: ids of trials stopped early (default: read from each ended trial's state).
+    A stopped trial is done, and its (shorter) duration feeds the ETA like any other: the
+    mean over ended trials is what a trial costs in this study, early stopping included.
     """
     durations: list[float] = []
     best_value: float | None = None
     best_index: int | None = None
     best_id: str | None = None
-    done = 0
+    done = n_stopped = 0
     for index, trial in enumerate(trials, start=1):
         if trial.status in _FINISHED or trial is finished:
             done += 1
+            if trial.status != "ERROR" and (trial.trial_id in stopped if stopped is not None
+                                            else trial_was_stopped(trial)):
+                n_stopped += 1
             seconds = (trial.last_result or {}).get("time_total_s")
             if isinstance(seconds, int | float) and seconds > 0:
                 durations.append(float(seconds))
@@ -114,7 +136,8 @@ def study_progress(trials: Sequence[Trial], total: int, metric: str, mode: str,
             best_value, best_index, best_id = float(value), index, trial.trial_id
     mean = sum(durations) / len(durations) if durations else None
     return StudyProgress(done=done, total=total, metric=metric, best_value=best_value, best_trial=best_index,
-                         best_trial_id=best_id, eta_s=eta_seconds(durations, total - done), mean_trial_s=mean)
+                         best_trial_id=best_id, eta_s=eta_seconds(durations, total - done), mean_trial_s=mean,
+                         stopped=n_stopped)
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -137,7 +160,13 @@ class ProgressCallback(Callback):
         self.mlflow_callback = mlflow_callback
 
     def report(self, trials: Sequence[Trial], finished: Trial | None = None) -> StudyProgress:
-        progress = study_progress(trials, self.num_samples, self.metric, self.mode, finished)
+        # Which ended trials were stopped early: read once per trial (an ended trial stays ended).
+        stopped = self.__dict__.setdefault("_stopped", {})
+        for trial in trials:
+            if (trial.status == "TERMINATED" or trial is finished) and trial.trial_id not in stopped:
+                stopped[trial.trial_id] = trial_was_stopped(trial)
+        progress = study_progress(trials, self.num_samples, self.metric, self.mode, finished,
+                                  stopped={t for t, s in stopped.items() if s})
         print(progress.line, flush=True)
         logger.info(progress.line, extra={"progress": asdict(progress)})
         try:
