@@ -76,3 +76,19 @@ CRITERION_DESCRIPTIONS: dict[str, str] = {
     "SUICIDAL_THOUGHTS": "thoughts of death or suicide.",
     "NO_SYMPTOMS": "none of the depression symptoms.",
 }
+
+
+def evidence_char_spans(post: Post, symptom: str) -> list[tuple[int, int]]:
+    """Annotated char spans of ``symptom`` in ``post`` (located ones, whitespace-trimmed)."""
+    out = []
+    for ev in post.evidence:
+        if ev.symptom != symptom or ev.start < 0:
+            continue
+        start, end = ev.start, ev.end
+        while start < end and post.text[start].isspace():
+            start += 1
+        while end > start and post.text[end - 1].isspace():
+            end -= 1
+        if end > start:
+            out.append((start, end))
+    return out

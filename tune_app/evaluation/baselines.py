@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tune_app.data.redsm5 import label_vector
-from tune_app.data.schema import NO_SYMPTOMS, SYMPTOMS, Post
+from tune_app.data.schema import NO_SYMPTOMS, SYMPTOMS, Post, evidence_char_spans
 
 __all__ = ["BASELINE_NAMES", "baseline_report", "criteria_baselines", "evidence_baseline", "sentence_spans"]
 
@@ -126,21 +126,6 @@ def _char_f1(p: tuple[int, int], g: tuple[int, int]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _gold_spans(post: Post, symptom: str) -> list[tuple[int, int]]:
-    out = []
-    for ev in post.evidence:
-        if ev.symptom != symptom or ev.start < 0:
-            continue
-        start, end = ev.start, ev.end
-        while start < end and post.text[start].isspace():
-            start += 1
-        while end > start and post.text[end - 1].isspace():
-            end -= 1
-        if end > start:
-            out.append((start, end))
-    return out
-
-
 def evidence_baseline(train: Sequence[Post], posts: Sequence[Post], *, include_no_symptoms: bool = True,
                       present: np.ndarray | None = None) -> dict[str, Any]:
     """The lexical evidence baseline (``lexical_tfidf``) on ``posts``.
@@ -157,7 +142,7 @@ def evidence_baseline(train: Sequence[Post], posts: Sequence[Post], *, include_n
     vec.fit([p.text[s:e] for p in train for s, e in sentence_spans(p.text)] or ["empty"])
     centroids: dict[str, Any] = {}
     for symptom in SYMPTOMS:
-        texts = [p.text[s:e] for p in train for s, e in _gold_spans(p, symptom)]
+        texts = [p.text[s:e] for p in train for s, e in evidence_char_spans(p, symptom)]
         if texts:
             centroids[symptom] = normalize(np.asarray(vec.transform(texts).mean(axis=0)))
     f1s: list[float] = []
@@ -171,7 +156,7 @@ def evidence_baseline(train: Sequence[Post], posts: Sequence[Post], *, include_n
             if present[i, j] and sims is not None and symptom in centroids:
                 best = int(np.argmax(np.asarray(sims @ centroids[symptom].T).reshape(-1)))
                 pred = sents[best]
-            gold = _gold_spans(post, symptom)
+            gold = evidence_char_spans(post, symptom)
             if gold:
                 f1s.append(max(_char_f1(pred, g) for g in gold) if pred else 0.0)
                 exact.append(float(pred in gold))

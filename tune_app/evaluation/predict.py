@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from tune_app.config import AppConfig
-from tune_app.data.schema import NO_SYMPTOMS, SYMPTOMS, Post
+from tune_app.data.schema import NO_SYMPTOMS, SYMPTOMS, Post, evidence_char_spans
 
 
 class EvaluationError(ValueError):
@@ -74,22 +74,6 @@ def load_model(checkpoint: Path, cfg: AppConfig, device: torch.device) -> Loaded
     model.load_state_dict(loaded.model_state, strict=True)
     model.to(device).eval()
     return LoadedModel(model=model, tokenizer=encoder.tokenizer, trainer_state=loaded.trainer_state)
-
-
-def _gold_char_spans(post: Post, criterion: str) -> list[tuple[int, int]]:
-    """Annotated char spans of ``criterion`` in ``post`` (located ones, whitespace-trimmed)."""
-    out = []
-    for ev in post.evidence:
-        if ev.symptom != criterion or ev.start < 0:
-            continue
-        start, end = ev.start, ev.end
-        while start < end and post.text[start].isspace():
-            start += 1
-        while end > start and post.text[end - 1].isspace():
-            end -= 1
-        if end > start:
-            out.append((start, end))
-    return out
 
 
 @dataclass
@@ -152,7 +136,7 @@ def predict(model: torch.nn.Module, tokenizer: Any, posts: Sequence[Post], cfg: 
             for slot, j in enumerate(enc.criterion_ids):
                 probs[enc.post_index, j] = max(probs[enc.post_index, j], float(p[row, slot]))
                 slot_offsets.append(enc.offsets)
-                gold_chars.append(_gold_char_spans(posts[enc.post_index], names[j]))
+                gold_chars.append(evidence_char_spans(posts[enc.post_index], names[j]))
             gold_s.extend(enc.evidence_start)
             gold_e.extend(enc.evidence_end)
         s, e, m, _ = span_scores(out.start_logits.float(), out.end_logits.float(), max_span_tokens)
