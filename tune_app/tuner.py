@@ -152,6 +152,9 @@ def _ray_init(cfg: AppConfig) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    # A reused worker waits this long for the last trial's thread to end (after its final
+    # report: cleanup, logs); Tune's 2 s default made a loaded machine start a new worker.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     ray.init(
         include_dashboard=cfg.tune.include_dashboard,
         dashboard_host=os.environ.get("TUNE_APP_DASHBOARD_HOST", "127.0.0.1"),
