@@ -15,8 +15,8 @@ quadratic I/O over a 1000-trial study. Instead (set up by ``tuner._env_for_tune`
   second trial next to an orphaned folder and MLflow run.
 
 So a study syncs O(1 + epochs) times per trial. A kill can still land between a save and
-the next sync; the trainable then resumes from its newest valid checkpoint on disk (not
-Tune's), and MLflow skips steps it already holds.
+the forced sync right after it; the trial then resumes from the checkpoint Tune's state
+names and re-runs at most that epoch (MLflow skips steps it already holds).
 """
 
 from __future__ import annotations

@@ -459,17 +459,12 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     pos_weight = class_weights(train, cfg, device)
     loss_kwargs = loss_settings(cfg, pos_weight)
 
-    # Resume from the trial's newest valid checkpoint, even one newer than Tune's (a kill
-    # can land between a save and Tune's next state sync); a corrupt one falls back to an
-    # older valid one.
+    # Resume: Tune's checkpoint is preferred; a corrupt one falls back to an older valid one.
     state = TrialState()
     start_epoch = 1
     tune_ckpt = tune.get_checkpoint()
     preferred = Path(tune_ckpt.path) if tune_ckpt is not None else None
-    resume_from = find_resumable_checkpoint(trial_dir)
-    if preferred is not None and resume_from is not None and resume_from != preferred:
-        logger.info("trial %s: resuming from %s, not Tune's %s", ctx.get_trial_id(), resume_from.name,
-                    preferred.name)
+    resume_from = find_resumable_checkpoint(trial_dir, preferred=preferred) if preferred else None
     if resume_from is not None:
         loaded = load_checkpoint(resume_from, map_location=device)
         check_compat(loaded.compat, compat)

@@ -7,7 +7,8 @@ every trial at each sync, so a sync costs more with each trial (quadratic over a
 study). This callback replaces them (``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1``): each file
 is written once, in place, and appended per result; the state sync copies only Tune's
 few experiment-level files. No TensorBoard event files are written (MLflow tracks
-metrics). A resumed trial appends to its files; the CSV header is written once.
+metrics). A resumed trial appends to its files; the CSV header is written once, and an
+epoch reported again after a resume is not written twice.
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ def _flat(result: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _last_epoch(path: Path) -> int:
+    """The ``epoch`` of the last line of ``result.json`` (0 when none)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 65536))
+            lines = fh.read().splitlines()
+        return int(json.loads(lines[-1]).get("epoch") or 0) if lines else 0
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
 class StudyTrialFilesCallback(LoggerCallback):
     """Writes each trial's params, results (JSON lines) and progress (CSV) in the study."""
 
@@ -56,6 +68,8 @@ class StudyTrialFilesCallback(LoggerCallback):
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
         folder = _trial_dir(trial)
+        if _last_epoch(folder / RESULT_FILE) >= int(result.get("epoch") or 0) > 0:
+            return  # an epoch reported again after a resume: each epoch is written once
         with (folder / RESULT_FILE).open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(result, cls=SafeFallbackEncoder) + "\n")
         row = {k: v for k, v in _flat(result).items() if k != "config"}
