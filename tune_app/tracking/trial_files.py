@@ -55,7 +55,30 @@ def _last_epoch(path: Path) -> int:
 
 
 class StudyTrialFilesCallback(LoggerCallback):
-    """Writes each trial's params, results (JSON lines) and progress (CSV) in the study."""
+    """Writes each trial's params, results (JSON lines) and progress (CSV) in the study.
+
+    The last epoch written and the CSV header of each trial folder are read from disk
+    once (a resumed study continues its files) and then kept in memory.
+    """
+
+    def __init__(self) -> None:
+        self._last_epoch: dict[Path, int] = {}
+        self._header: dict[Path, list[str] | None] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # pickled into tuner.pkl: the caches are re-read from the files after a restore
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._last_epoch, self._header = {}, {}
+
+    def _csv_header(self, progress: Path) -> list[str] | None:
+        if progress not in self._header:
+            header = None
+            if progress.is_file() and progress.stat().st_size:
+                with progress.open(encoding="utf-8", newline="") as fh:
+                    header = next(csv.reader(fh), None)
+            self._header[progress] = header
+        return self._header[progress]
 
     def log_trial_start(self, trial: Any) -> None:
         import cloudpickle
@@ -68,18 +91,20 @@ class StudyTrialFilesCallback(LoggerCallback):
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
         folder = _trial_dir(trial)
-        if _last_epoch(folder / RESULT_FILE) >= int(result.get("epoch") or 0) > 0:
+        epoch = int(result.get("epoch") or 0)
+        if folder not in self._last_epoch:
+            self._last_epoch[folder] = _last_epoch(folder / RESULT_FILE)
+        if self._last_epoch[folder] >= epoch > 0:
             return  # an epoch reported again after a resume: each epoch is written once
         with (folder / RESULT_FILE).open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(result, cls=SafeFallbackEncoder) + "\n")
+        self._last_epoch[folder] = max(self._last_epoch[folder], epoch)
         row = {k: v for k, v in _flat(result).items() if k != "config"}
         progress = folder / PROGRESS_FILE
-        header: list[str] | None = None
-        if progress.is_file() and progress.stat().st_size:
-            with progress.open(encoding="utf-8", newline="") as fh:
-                header = next(csv.reader(fh), None)
+        header = self._csv_header(progress)
         with progress.open("a", encoding="utf-8", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=header or list(row), extrasaction="ignore")
             if header is None:
                 writer.writeheader()
+                self._header[progress] = list(row)
             writer.writerow(row)
