@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from tune_app.checkpoints.cleanup_scan import CleanupReport, execute, scan_study
 from tune_app.checkpoints.preflight import human_bytes
 from tune_app.checkpoints.retention import Mode, RetentionPolicy
 from tune_app.config import ConfigError, load_study_config
+from tune_app.study_lock import StudyLockedError, study_lock
 
 STUDY_CONFIG = "study_config.yaml"
 DEFAULT_ROOT = Path("experiments")
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tmp-min-age", type=float, default=600.0, metavar="SECONDS",
                         help="only list temp folders older than this (a running save is younger); default 600")
     args = parser.parse_args(argv)
+    locks = ExitStack()
     try:
         if args.study is not None:
             study = args.study.expanduser().resolve()
@@ -87,10 +90,19 @@ def main(argv: list[str] | None = None) -> int:
             if not studies:
                 print(f"No studies under ./{DEFAULT_ROOT} (folders with {STUDY_CONFIG}); nothing to clean.")
                 return 0
+        if args.execute:  # deleting needs the study to itself: a running study refuses
+            for s in studies:
+                locks.enter_context(study_lock(s, command="python -m tune_app.cleanup --execute"))
         reports = [(s, scan(s, tmp_min_age_s=args.tmp_min_age)) for s in studies]
-    except CleanupError as exc:
+    except (CleanupError, StudyLockedError) as exc:
+        locks.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    with locks:
+        return _print_and_execute(args, reports)
+
+
+def _print_and_execute(args: argparse.Namespace, reports: list[tuple[Path, CleanupReport]]) -> int:
     total = 0
     for study, report in reports:
         print(format_report(study, report))

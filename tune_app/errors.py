@@ -10,6 +10,7 @@ from tune_app.checkpoints.errors import (
 from tune_app.config import ConfigError
 from tune_app.data.redsm5 import DataError
 from tune_app.hub import HubAccessError
+from tune_app.study_lock import StudyLockedError
 
 
 class TrialOutOfMemoryError(RuntimeError):
@@ -25,6 +26,7 @@ KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     InsufficientStorageError,
     IncompatibleCheckpointError,
     CheckpointWriteError,
+    StudyLockedError,
 )
 
 

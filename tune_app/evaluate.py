@@ -52,6 +52,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from tune_app.evaluation.predict import EvaluationError
+    from tune_app.study_lock import study_lock
+
+    study = args.study.expanduser().resolve()
+    if not (study / "study_config.yaml").is_file():
+        raise EvaluationError(f"{study} is not a tune_app study folder (no study_config.yaml)")
+    with study_lock(study):  # never beside a run of the same study
+        return _evaluate_study(args, study)
+
+
+def _evaluate_study(args: argparse.Namespace, study: Path) -> int:
     from tune_app.evaluation.report import (
         REPORT_FILE,
         evaluate_study,
@@ -62,9 +72,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         write_study_report,
     )
 
-    study = args.study.expanduser().resolve()
-    if not (study / "study_config.yaml").is_file():
-        raise EvaluationError(f"{study} is not a tune_app study folder (no study_config.yaml)")
     existing = study / REPORT_FILE
     whole_test = args.trial_id is None and args.split == "test"
     becomes_study_report = args.out is None and whole_test and not existing.is_file()
