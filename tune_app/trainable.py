@@ -391,11 +391,11 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     """The body of ``train_trial`` (inside the trial's log session)."""
     from tune_app.checkpoints import failpoints
     from tune_app.checkpoints.guard import ensure_room, save_epoch_checkpoint, study_reclaimer
+    from tune_app.checkpoints.resume import plan_resume
     from tune_app.checkpoints.store import (
         capture_rng_state,
         check_compat,
         estimate_checkpoint_bytes,
-        find_resumable_checkpoint,
         load_checkpoint,
         restore_rng_state,
     )
@@ -459,12 +459,14 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     pos_weight = class_weights(train, cfg, device)
     loss_kwargs = loss_settings(cfg, pos_weight)
 
-    # Resume: Tune's checkpoint is preferred; a corrupt one falls back to an older valid one.
+    # Resume: the newest valid checkpoint, also one Tune's saved state missed (a kill before
+    # its sync): those epochs are reported to Tune again first (checkpoints.resume).
     state = TrialState()
     start_epoch = 1
     tune_ckpt = tune.get_checkpoint()
     preferred = Path(tune_ckpt.path) if tune_ckpt is not None else None
-    resume_from = find_resumable_checkpoint(trial_dir, preferred=preferred) if preferred else None
+    plan = plan_resume(trial_dir, tune_checkpoint=preferred, next_index=storage.current_checkpoint_index + 1)
+    resume_from = plan.resume_from
     if resume_from is not None:
         loaded = load_checkpoint(resume_from, map_location=device)
         check_compat(loaded.compat, compat)
@@ -482,13 +484,18 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
         logger.error("trial %s: no valid checkpoint left in %s; restarting from epoch 1 "
                      "(metrics already logged are not logged again)", ctx.get_trial_id(), trial_dir)
 
+    staging = Path(tempfile.mkdtemp(prefix="tune_app-empty-"))  # reported: Tune copies nothing
     starts = _previous_starts(trial_dir) + [{
         "start_epoch": start_epoch, "resumed_from": resume_from.name if resume_from else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid(), "torch_threads": threads,
     }]
-    write_json_atomic(trial_dir / TRIAL_STATE, {"status": "running", "epoch": start_epoch - 1, "seed": seed,
+    finished = start_epoch > epochs and bool(state.history)
+    write_json_atomic(trial_dir / TRIAL_STATE, {"status": "completed" if finished else "running",
+                                                "epoch": start_epoch - 1, "seed": seed,
                                                 "history": state.history, "starts": starts})
-    staging = Path(tempfile.mkdtemp(prefix="tune_app-empty-"))  # reported: Tune copies nothing
+    for missed in plan.catch_up:  # before anything else reaches Tune, in epoch order
+        tune.report(missed.metrics, checkpoint=tune.Checkpoint.from_directory(str(staging))
+                    if missed.registers else None)
     projected = estimate_checkpoint_bytes(model, optimizer)
     # Not enough room even after keeping only the study's single best: stop before training.
     reclaim = study_reclaimer(study_dir, metric=cfg.tune.metric, mode=cfg.tune.mode)
@@ -539,9 +546,10 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
         write_state(state.status)
         write_trial_report(trial_dir, trial_id=ctx.get_trial_id(), metric=cfg.tune.metric,
                            mode=cfg.tune.mode, params=params)
+        failpoints.pause("report")  # crash tests: the checkpoint is on disk, Tune has not seen it
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(staging)))
 
-    if start_epoch > epochs and state.history:
+    if finished and not plan.catch_up:
         # Restarted after its last epoch (e.g. killed before Tune recorded the end):
         # report the final result again; MLflow skips the step it already holds.
         tune.report(dict(state.history[-1]))

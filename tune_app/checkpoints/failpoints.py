@@ -8,8 +8,10 @@ tests) a point costs one dictionary lookup.
 Points: ``save`` (inside ``save_checkpoint``: the model file is written, the rest
 is not, nothing is published), ``prune`` (inside ``prune_checkpoint``: the
 ``PRUNED`` marker is in place, the first file is deleted, the others are not),
-``trial_start`` (in the trainable: the trial's folder and config exist, nothing is
-trained or reported yet), ``stop`` (in the early-stopping scheduler: the stop is in
+``prepare`` (at start-up: ``study_config.yaml`` is written, the data, the splits and
+Tune's files are not), ``trial_start`` (in the trainable: the trial's folder and config exist, nothing is
+trained or reported yet), ``report`` (in the trainable: the epoch's checkpoint is
+published and in ``trial_state.json``, not yet reported to Tune), ``stop`` (in the early-stopping scheduler: the stop is in
 ``trial_state.json``, not yet in ``meta/early_stopping.json`` nor in Tune's experiment
 state).
 

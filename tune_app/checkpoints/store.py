@@ -74,6 +74,7 @@ __all__ = [
     "is_tombstone",
     "load_checkpoint",
     "prune_checkpoint",
+    "read_trainer_state",
     "restore_rng_state",
     "save_checkpoint",
     "state_dict_nbytes",
@@ -757,6 +758,19 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
         raise CorruptCheckpointError(
             path, current, f"unreadable despite valid hashes: {exc}"
         ) from exc
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """The ``trainer_state`` of a checkpoint (epoch, metrics, history) without loading tensors.
+
+    Call it on a checkpoint that verified; raises :class:`CorruptCheckpointError` when the
+    file cannot be read.
+    """
+    try:
+        state = json.loads((Path(path) / STATE_FILE).read_bytes())
+        return dict(_decode(state["trainer_state"], {}))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptCheckpointError(Path(path), STATE_FILE, f"unreadable: {exc}") from exc
 
 
 def checkpoint_index(path: Path) -> int | None:
