@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: list[str]) -> int:
     from tune_app.config import ConfigError, compose, load_study_config
+    from tune_app.study_lock import study_lock
 
     target, overrides = _resume_target(args)
     if target is not None:
@@ -64,42 +65,81 @@ def _run(args: list[str]) -> int:
             raise ConfigError(f"resume= takes no other overrides (got {' '.join(overrides)}): a study "
                               "resumes with the configuration it was started with")
         study_dir = Path(target).expanduser().resolve()
-        cfg = load_study_config(study_dir)
-        # The study may have been moved: trust the folder we were given.
-        cfg.tune.storage_path, cfg.tune.name = str(study_dir.parent), study_dir.name
-        return _resume(cfg)
+        if not study_dir.is_dir():
+            raise ConfigError(f"resume={target}: no such folder. Pass the study folder "
+                              "<tune.storage_path>/<tune.name> that `python -m tune_app.run` printed")
+        with study_lock(study_dir):
+            cfg = load_study_config(study_dir)
+            # The study may have been moved: trust the folder we were given.
+            cfg.tune.storage_path, cfg.tune.name = str(study_dir.parent), study_dir.name
+            return _resume(cfg)
 
     cfg = compose(overrides)
-    from tune_app.tuner import can_restore, check_resources
+    from tune_app.study import STUDY_CONFIG
+    from tune_app.tuner import check_resources
 
-    if cfg.study_dir.exists() and (can_restore(cfg.study_dir) or (cfg.study_dir / "study_config.yaml").exists()):
-        raise ConfigError(
-            f"study folder {cfg.study_dir} already exists. Resume it with "
-            f"`python -m tune_app.run resume={cfg.study_dir}`, or start a new study with tune.name=<new name>"
-        )
-    from tune_app.study import prepare_study
-    from tune_app.tuner import run_study
+    def refuse_existing() -> None:
+        if (cfg.study_dir / STUDY_CONFIG).exists():
+            raise ConfigError(
+                f"study folder {cfg.study_dir} already exists. Resume it with "
+                f"`python -m tune_app.run resume={cfg.study_dir}`, or start a new study with tune.name=<new name>")
 
+    refuse_existing()
     check_resources(cfg)  # a request Ray cannot meet fails here, before the study folder exists
+    with study_lock(cfg.study_dir):
+        refuse_existing()  # another command may have created it meanwhile
+        return _start(cfg)
+
+
+def _start(cfg: object) -> int:
+    """Prepare the study folder and run the study (the caller holds the study lock)."""
+    from tune_app.config import AppConfig
+    from tune_app.study import prepare_study
+    from tune_app.tuner import discard_unstarted_tune_files, run_study
+
+    assert isinstance(cfg, AppConfig)
     meta = prepare_study(cfg)
-    setup_study_logging(cfg.study_dir, study_id=cfg.tune.name, max_bytes=cfg.tracking.log_max_bytes,
-                        backup_count=cfg.tracking.log_backup_count)
+    discard_unstarted_tune_files(cfg.study_dir)
+    _study_logging(cfg)
     logger.info("study %s: %d trials x %d epochs, model=%s, data=%s (%s), splits %s",
                 cfg.study_dir, cfg.tune.num_samples, cfg.tune.max_epochs, cfg.model.name,
                 cfg.data.name, meta["dataset_revision"], meta["split_sizes"])
     return _report(run_study(cfg, resume=False))
 
 
-def _resume(cfg: object) -> int:
-    from tune_app.config import AppConfig, ConfigError
-    from tune_app.tuner import can_restore, run_study, study_status
+def _study_logging(cfg: object) -> None:
+    from tune_app.config import AppConfig
 
     assert isinstance(cfg, AppConfig)
-    if not can_restore(cfg.study_dir):
-        raise ConfigError(f"resume={cfg.study_dir}: Tune has no saved state there (the study never "
-                          "started). Start it again with the same overrides instead.")
     setup_study_logging(cfg.study_dir, study_id=cfg.tune.name, max_bytes=cfg.tracking.log_max_bytes,
                         backup_count=cfg.tracking.log_backup_count)
+
+
+def _resume(cfg: object) -> int:
+    """Resume a study from any point a kill can leave it at (the caller holds the study lock).
+
+    Before Tune saved any state (a kill during start-up) the study starts from its saved
+    config; otherwise ``Tuner.restore``. Torn temp files of killed writers are removed first.
+    """
+    from tune_app.checkpoints.cleanup_scan import remove_torn_temps
+    from tune_app.config import AppConfig, ConfigError
+    from tune_app.study import ensure_prepared
+    from tune_app.tuner import can_restore, check_resources, has_tune_state, run_study, study_status
+
+    assert isinstance(cfg, AppConfig)
+    study = cfg.study_dir
+    for path in remove_torn_temps(study):
+        logger.info("removed %s, left by an interrupted write", path.relative_to(study))
+    if not has_tune_state(study):
+        check_resources(cfg)
+        logger.info("Tune saved no state in %s (interrupted at start-up): starting the study from its saved "
+                    "config", study)
+        return _start(cfg)
+    ensure_prepared(cfg)
+    _study_logging(cfg)
+    if not can_restore(study):
+        raise ConfigError(f"resume={study}: Tune's tuner.pkl is missing beside its saved state, so Tune cannot "
+                          "restore the study. Restore the file from a backup, or start a new study")
     status = study_status(cfg)
     if status.complete:
         print(f"Study {cfg.study_dir} is already complete: {status.ended}/{status.num_samples} "

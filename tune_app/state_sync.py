@@ -9,49 +9,82 @@ quadratic I/O over a 1000-trial study. Instead (set up by ``tuner._env_for_tune`
 * a forced sync after every reported checkpoint (Tune does this itself when
   ``CheckpointConfig(num_to_keep)`` is set), so the saved state names each trial's
   newest checkpoint and the scheduler's view of its results;
-* a forced sync when a trial is added (:func:`sync_state_when_trial_added`), so a kill
-  before the new trial's first checkpoint cannot lose the trial from Tune's state: on
-  resume it continues under its own id and folder instead of being sampled again as a
-  second trial next to an orphaned folder and MLflow run.
+* a forced sync, waited for, when a trial is added (:func:`sync_state_when_trial_added`),
+  before its actor starts, so a kill before the new trial's first checkpoint cannot lose
+  the trial from Tune's state: on resume it continues under its own id and folder instead
+  of being sampled again as a second trial next to an orphaned folder and MLflow run.
 
 So a study syncs O(1 + epochs) times per trial. A kill can still land between a save and
-the forced sync right after it; the trial then resumes from the checkpoint Tune's state
-names and re-runs at most that epoch (MLflow skips steps it already holds).
+the forced sync right after it; the trial then resumes from its newest valid checkpoint on
+disk and reports to Tune the epochs its saved state missed (``checkpoints.resume``).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
-import logging
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 _MARK = "_tune_app_syncs_on_add"
 
 
 def sync_state_when_trial_added() -> None:
-    """Make Tune's controller force a state sync at its next step after adding a trial.
+    """Make Tune's controller save its state, and wait for it, whenever the searcher adds a trial.
 
-    Tune offers no hook for this, so ``TuneController.add_trial`` is wrapped (once per
-    process): after the original runs, the controller's experiment-state manager is
-    asked to force its next sync, exactly as Tune does after a checkpoint. A Ray upgrade
-    that renames either attribute fails ``tests/integration/test_state_sync.py``.
+    Tune offers no hook for this, so ``TuneController._update_trial_queue`` (the step that
+    asks the searcher for a new trial) is wrapped once per process: when it added a trial,
+    the controller's state is synced at once and waited for, before the same step starts
+    the trial's actor. So a trial folder, checkpoint or MLflow run never exists unless
+    Tune's saved state names its trial, and a study with no saved state has run nothing
+    (``resume=`` can then start it afresh). Trials re-added by a restore are not synced one
+    by one. A Ray upgrade that renames either method fails
+    ``tests/integration/test_state_sync.py``.
     """
     from ray.tune.execution.tune_controller import TuneController
 
-    if getattr(TuneController.add_trial, _MARK, False):
+    if getattr(TuneController._update_trial_queue, _MARK, False):
         return
-    original = TuneController.add_trial
+    original = TuneController._update_trial_queue
 
     @functools.wraps(original)
-    def add_trial(self: Any, trial: Any) -> None:
-        original(self, trial)
-        manager = getattr(self, "_checkpoint_manager", None)
-        if manager is not None and hasattr(manager, "_should_force_sync_up"):
-            manager._should_force_sync_up = True
-        else:  # pragma: no cover - only after a Ray change
-            logger.warning("Tune's controller changed: the study state is not synced when a trial starts")
+    def update_trial_queue(self: Any, *args: Any, **kwargs: Any) -> bool:
+        added = bool(original(self, *args, **kwargs))
+        if added:
+            self.checkpoint(force=True, wait=True)
+        return added
 
-    setattr(add_trial, _MARK, True)
-    TuneController.add_trial = add_trial  # type: ignore[method-assign]
+    setattr(update_trial_queue, _MARK, True)
+    TuneController._update_trial_queue = update_trial_queue  # type: ignore[method-assign]
+
+
+_MOVED_MARK = "_tune_app_follows_moved_study"
+
+
+def new_trials_follow_moved_study() -> None:
+    """After ``Tuner.restore`` of a moved study, new trials go to its new location.
+
+    Tune saves the searcher's ``Experiment`` (with the storage path of the study's first
+    location) in ``search_gen_state-*.json`` and makes every later trial from it; restored
+    trials get the new path, but trials sampled after the restore would be written under the
+    old one (or fail when it is gone). ``TuneController.resume`` is wrapped (once per
+    process) to point the restored experiment at the controller's own storage.
+    """
+    from ray.tune.execution.tune_controller import TuneController
+
+    if getattr(TuneController.resume, _MOVED_MARK, False):
+        return
+    original = TuneController.resume
+
+    @functools.wraps(original)
+    def resume(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, *args, **kwargs)
+        experiment: Any = getattr(self._search_alg, "_experiment", None)
+        old = getattr(experiment, "storage", None)
+        if old is not None and old.experiment_fs_path != self._storage.experiment_fs_path:
+            storage = copy.copy(self._storage)
+            experiment.storage = storage
+            experiment.spec["storage"] = storage
+        return out
+
+    setattr(resume, _MOVED_MARK, True)
+    TuneController.resume = resume  # type: ignore[method-assign]

@@ -26,6 +26,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -105,32 +106,33 @@ def load_posts_for(cfg: AppConfig, only_post_ids: set[str] | None = None) -> Any
 
 
 def prepare_study(cfg: AppConfig) -> dict[str, Any]:
-    """Create the study folder: materialise data, split it, save config and split ids.
+    """Create the study folder: save the config, materialise data, split it, save split ids.
 
-    Runs in the driver before Ray starts. Returns the study metadata (also written to
-    ``meta/study.json``).
+    Runs in the driver before Ray starts. ``study_config.yaml`` is written first, so a
+    folder left by a kill at any later point is a study that ``resume=`` finishes
+    preparing (:func:`ensure_prepared`); every step is idempotent. ``meta/study.json``,
+    written last, marks a prepared study. Returns the study metadata.
     """
-    from tune_app.data.redsm5 import check_disjoint, make_splits, save_splits
-
     study = cfg.study_dir
     study.mkdir(parents=True, exist_ok=True)
-    if cfg.data.source == "synthetic":
-        from tune_app.data.synthetic import write_synthetic_redsm5
+    write_text_atomic(study / STUDY_CONFIG, cfg.to_yaml())
+    from tune_app.checkpoints import failpoints
 
-        target = dataset_dir(cfg)
-        assert target is not None
-        write_synthetic_redsm5(target, num_posts=cfg.data.num_posts, seed=cfg.data.synthetic_seed)
-    loaded = load_posts_for(cfg)
+    failpoints.pause("prepare")  # crash tests: a kill during start-up, before Tune's first state
+    loaded = materialise_data(cfg)
     if loaded.provided_splits:
         split_ids = {k: list(v) for k, v in loaded.provided_splits.items()}
         logger.info("using the splits provided by the data source")
     else:
+        from tune_app.data.redsm5 import make_splits
+
         ratios = tuple(float(r) for r in cfg.data.split_ratios)
         split_ids = make_splits(loaded.posts, ratios=ratios, seed=cfg.data.split_seed)  # type: ignore[arg-type]
+    from tune_app.data.redsm5 import check_disjoint, save_splits
+
     check_disjoint(split_ids)
     save_splits(split_ids, study / SPLITS_FILE, dataset_id=loaded.dataset_id, revision=loaded.revision,
                 seed=cfg.data.split_seed, ratios=tuple(cfg.data.split_ratios))
-    write_text_atomic(study / STUDY_CONFIG, cfg.to_yaml())
     meta = {
         "study_name": cfg.tune.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -140,10 +142,78 @@ def prepare_study(cfg: AppConfig) -> dict[str, Any]:
         "dataset_id": loaded.dataset_id,
         "dataset_revision": loaded.revision,
         "split_sizes": {k: len(v) for k, v in split_ids.items()},
+        "study_dir": str(study),
+        "study_uid": uuid.uuid4().hex,
         **code_version(),
     }
     write_json_atomic(study / STUDY_META, meta)
     return meta
+
+
+def materialise_data(cfg: AppConfig) -> Any:
+    """Generate the synthetic data set under the storage path if needed, then load the posts."""
+    if cfg.data.source == "synthetic":
+        from tune_app.data.synthetic import write_synthetic_redsm5
+
+        target = dataset_dir(cfg)
+        assert target is not None
+        write_synthetic_redsm5(target, num_posts=cfg.data.num_posts, seed=cfg.data.synthetic_seed)
+    return load_posts_for(cfg)
+
+
+def read_study_meta(study_dir: Path) -> dict[str, Any] | None:
+    """``meta/study.json``, or None when the study was never fully prepared (or it is unreadable)."""
+    try:
+        data = json.loads((study_dir / STUDY_META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def ensure_prepared(cfg: AppConfig) -> None:
+    """Before a resume: finish a preparation a kill cut short, adopt a moved folder, restore data.
+
+    * No ``meta/study.json``: the preparation is run again from the saved config.
+    * The folder was moved (its recorded location is gone): it is adopted where it is now.
+    * A copy whose original still exists would share the original's MLflow store: refused
+      with a :class:`~tune_app.config.ConfigError` naming both folders.
+    * The synthetic data set (kept under the storage path) is regenerated when missing,
+      e.g. after a move; it is deterministic, and the split ids check it.
+    """
+    study = cfg.study_dir
+    meta = read_study_meta(study)
+    if meta is None:
+        logger.info("study %s was not fully prepared (interrupted at start-up): preparing it now", study)
+        prepare_study(cfg)
+        return
+    home = meta.get("study_dir")
+    if home != str(study):
+        _adopt_location(cfg, meta, Path(home) if home else None)
+    data = dataset_dir(cfg)
+    if cfg.data.source == "synthetic" and data is not None and not data.is_dir():
+        logger.info("data set %s is missing (moved study?): generating it again", data)
+        materialise_data(cfg)
+
+
+def _adopt_location(cfg: AppConfig, meta: dict[str, Any], home: Path | None) -> None:
+    from tune_app.config import ConfigError
+
+    study = cfg.study_dir
+    original = read_study_meta(home) if home is not None and home != study else None
+    if original is not None and original.get("study_uid") == meta.get("study_uid"):
+        own_store = cfg.tracking.tracking_uri is None and home is not None and home.parent != study.parent
+        if not own_store:
+            raise ConfigError(
+                f"resume={study}: this folder is a copy of the study {home}, which still exists, and both "
+                f"would write MLflow records into {cfg.tracking_uri}. Resume the original, or move this copy "
+                f"under another folder (then it gets its own MLflow store there)")
+        logger.warning("study %s is a copy of %s: it records into its own MLflow store %s",
+                       study, home, cfg.tracking_uri)
+        meta = {**meta, "study_uid": None, "copied_from": str(home)}  # from now on a study of its own
+    elif home is not None:
+        logger.warning("study moved from %s to %s: everything now goes to the new location", home, study)
+    write_json_atomic(study / STUDY_META, {**meta, "study_dir": str(study),
+                                           "study_uid": meta.get("study_uid") or uuid.uuid4().hex})
 
 
 def trial_config_dict(cfg: AppConfig) -> dict[str, Any]:

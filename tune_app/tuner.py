@@ -175,9 +175,10 @@ def _env_for_tune() -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    from tune_app.state_sync import sync_state_when_trial_added
+    from tune_app.state_sync import new_trials_follow_moved_study, sync_state_when_trial_added
 
     sync_state_when_trial_added()
+    new_trials_follow_moved_study()
 
 
 def make_scheduler(cfg: AppConfig) -> Any:
@@ -237,20 +238,50 @@ def restore_tuner(cfg: AppConfig) -> Any:
     from ray import tune
 
     _env_for_tune()
-    return tune.Tuner.restore(
+    tuner = tune.Tuner.restore(
         str(cfg.study_dir),
         trainable=make_trainable(cfg),
         resume_unfinished=True,
         resume_errored=True,
         storage_filesystem=atomic_storage_filesystem(),
     )
+    # tuner.pkl holds the callbacks of the folder's first location (MLflow store, study
+    # paths): a moved study gets them rebuilt for where it is now.
+    local = tuner._local_tuner
+    assert local is not None, "Tuner.restore without a local tuner (Ray changed?)"
+    local.get_run_config().callbacks = make_callbacks(cfg)
+    return tuner
+
+
+def has_tune_state(study_dir: Path) -> bool:
+    """Whether Tune saved the study's state (``experiment_state-*.json``): only then did a trial run.
+
+    Tune writes ``tuner.pkl`` when ``fit()`` starts and its experiment state at the first
+    sync, which ``state_sync`` forces (and waits for) before the first trial starts.
+    """
+    return study_dir.is_dir() and any(study_dir.glob("experiment_state-*.json"))
 
 
 def can_restore(study_dir: Path) -> bool:
+    """``Tuner.restore`` will work: Tune's ``tuner.pkl`` and its saved experiment state are there."""
     from ray import tune
 
-    return study_dir.is_dir() and bool(tune.Tuner.can_restore(str(study_dir),
-                                                              storage_filesystem=atomic_storage_filesystem()))
+    return has_tune_state(study_dir) and bool(
+        tune.Tuner.can_restore(str(study_dir), storage_filesystem=atomic_storage_filesystem()))
+
+
+def discard_unstarted_tune_files(study_dir: Path) -> list[str]:
+    """Remove what Tune wrote before a kill that came before its first state sync.
+
+    Only ``tuner.pkl`` (and its ``.tmp`` leftovers) can be there: no trial has started (see
+    :func:`has_tune_state`), so the study starts afresh from its saved config.
+    """
+    removed = []
+    for path in [study_dir / "tuner.pkl", *study_dir.glob(".tuner.pkl.tmp-*")]:
+        if path.exists():
+            path.unlink()
+            removed.append(path.name)
+    return removed
 
 
 @contextmanager

@@ -109,6 +109,21 @@ def _stale_temps(study_dir: Path, min_age_s: float, now: float) -> list[Path]:
     return sorted(temps)
 
 
+def remove_torn_temps(study_dir: Path) -> list[Path]:
+    """Delete every temp a killed writer left in the study (checkpoint ``tmp-*``, ``.<name>.tmp-*``).
+
+    Only safe while nothing writes to the study: ``resume=`` calls it holding the study lock.
+    """
+    removed = []
+    for path in _stale_temps(study_dir, 0.0, time.time()):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 def scan_study(
     study_dir: Path,
     *,
