@@ -301,7 +301,7 @@ def _retarget_handlers(raw: Any, wrapper: SanitizingStream) -> None:
     for lg in loggers:
         for handler in lg.handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is raw:
-                handler.setStream(wrapper)  # type: ignore[arg-type]
+                handler.setStream(wrapper)
 
 
 # --- logging ---------------------------------------------------------------------------------
