@@ -25,6 +25,7 @@ Channels: ``SanitizingFilter`` (log records), ``SanitizingStream`` (``sys.stdout
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -273,6 +274,11 @@ class SanitizingStream:
                 self._pending = ""
             self.wrapped.flush()
 
+    def close_flush(self) -> None:
+        """At exit: pass on a last partial line; the wrapped stream may be closed already."""
+        with contextlib.suppress(OSError, ValueError):
+            self.flush()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.wrapped, name)
 
@@ -291,7 +297,7 @@ def install_std_streams() -> None:
             continue
         wrapper = SanitizingStream(current)
         setattr(sys, name, wrapper)
-        atexit.register(wrapper.flush)
+        atexit.register(wrapper.close_flush)
         _retarget_handlers(current, wrapper)
 
 
