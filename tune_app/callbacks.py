@@ -188,8 +188,10 @@ class StoragePressureCallback(Callback):
         self.interval_s = interval_s
         self.warn_free_fraction = warn_free_fraction
         self.error_free_fraction = error_free_fraction
+        from tune_app.tracking.sanitize import sanitize
+
         self.tracking_uri = tracking_uri
-        self.experiment_name = experiment_name
+        self.experiment_name = sanitize(experiment_name)  # as MLflow has it (the writers sanitise)
         self.disk_usage = disk_usage
         self._monitor: Any = None
         self._tagged: set[str] = set()
@@ -202,9 +204,12 @@ class StoragePressureCallback(Callback):
                    tracking_uri=cfg.tracking_uri, experiment_name=cfg.experiment_name)
 
     def __getstate__(self) -> dict[str, Any]:
+        from tune_app.tracking.sanitize import sanitize
+
         state = self.__dict__.copy()
         state["_monitor"] = None
         state["_tagged"] = set()
+        state["tracking_uri"] = sanitize(self.tracking_uri)  # tuner.pkl: no credentials
         return state
 
     def setup(self, **info: Any) -> None:  # type: ignore[override]

@@ -69,6 +69,9 @@ def format_report(study: Path, report: CleanupReport) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tune_app.tracking.sanitize import install_std_streams
+
+    install_std_streams()
     parser = argparse.ArgumentParser(prog="python -m tune_app.cleanup", description=__doc__.split("\n\n")[1])
     parser.add_argument("--study", type=Path, help=f"a study folder (default: every study under ./{DEFAULT_ROOT})")
     parser.add_argument("--execute", action="store_true", help="delete the candidates (default: dry run)")

@@ -222,7 +222,18 @@ class AppConfig:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        return OmegaConf.to_yaml(OmegaConf.create(self.to_dict()))
+        """The YAML written into the study (``study_config.yaml``, ``trial_config.yaml``).
+
+        Secrets are redacted (``tune_app.tracking.sanitize``); this process remembers the
+        values it redacted, so loading the file back here (the end-of-study evaluation)
+        gets them again. Another process gets the redacted strings (see ``validate``).
+        """
+        from tune_app.tracking.sanitize import sanitize_value
+
+        data = self.to_dict()
+        safe = sanitize_value(data)
+        _remember_redactions(data, safe, "")
+        return OmegaConf.to_yaml(OmegaConf.create(safe))
 
 
 def group_options(group: str, config_dir: Path = CONFIG_DIR) -> list[str]:
@@ -261,8 +272,34 @@ _NESTED: dict[str, type] = {
 }
 
 
+#: (dotted key, redacted value) -> the real value, for configs this process wrote (``to_yaml``).
+_REDACTIONS: dict[tuple[str, str], Any] = {}
+
+
+def _remember_redactions(real: Any, safe: Any, prefix: str) -> None:
+    if isinstance(real, dict) and isinstance(safe, dict):
+        for key, value in real.items():
+            if key in safe:
+                _remember_redactions(value, safe[key], f"{prefix}{key}.")
+    elif isinstance(safe, str) and safe != real:
+        _REDACTIONS[(prefix.rstrip("."), safe)] = real
+
+
+def _restore_redactions(data: Any, prefix: str) -> Any:
+    if isinstance(data, dict):
+        return {k: _restore_redactions(v, f"{prefix}{k}.") for k, v in data.items()}
+    if isinstance(data, str):
+        return _REDACTIONS.get((prefix.rstrip("."), data), data)
+    return data
+
+
 def from_dict(data: dict[str, Any]) -> AppConfig:
-    """Typed config from a plain dict (e.g. a saved ``study_config.yaml``), validated."""
+    """Typed config from a plain dict (e.g. a saved ``study_config.yaml``), validated.
+
+    Values this process redacted when it wrote the file (``to_yaml``) are restored.
+    """
+    if _REDACTIONS:
+        data = _restore_redactions(dict(data), "")
     cfg = _from_mapping(AppConfig, dict(data), "")
     validate(cfg)
     return cfg
@@ -354,6 +391,7 @@ def validate(cfg: AppConfig) -> None:
     _choice("data.source", cfg.data.source, ("synthetic", "local", "hub"))
     if cfg.data.source == "local" and not cfg.data.path:
         raise ConfigError("data.source=local needs data.path=<dir holding redsm5_posts.csv and redsm5_annotations.csv>")
+    _check_redacted(cfg)
     if cfg.data.path and not Path(cfg.data.path).expanduser().is_dir():
         raise ConfigError(f"data.path={cfg.data.path!r} is not a directory; point it at a folder with "
                           "redsm5_posts.csv and redsm5_annotations.csv")
@@ -389,6 +427,7 @@ def validate(cfg: AppConfig) -> None:
                           f"(every optimisable metric is higher-is-better: {', '.join(OPTIMISABLE_METRICS)})")
     if not cfg.tune.name or "/" in cfg.tune.name or cfg.tune.name in {".", ".."}:
         raise ConfigError(f"tune.name={cfg.tune.name!r} is invalid: a folder name without '/'")
+    _check_no_secret_in_folder(cfg)
     _positive_int("tune.n_startup_trials", cfg.tune.n_startup_trials, 0)
     _choice("searchspace", cfg.searchspace, available_spaces())
     _positive_int("train.batch_size", cfg.train.batch_size)
@@ -412,6 +451,37 @@ def validate(cfg: AppConfig) -> None:
         raise ConfigError(f"tune.cpus_per_trial={cpus!r} is invalid: \"all\" (every CPU; the default) "
                           "or a number > 0")
     _validate_early_stopping(cfg)
+
+
+def _check_no_secret_in_folder(cfg: AppConfig) -> None:
+    """``tune.name`` and ``tune.storage_path`` must hold nothing secret-shaped: they name the
+    study folder, and Ray Tune writes them into its own state files, which are not redacted."""
+    from tune_app.tracking.sanitize import REDACTED, sanitize
+
+    for key, value in (("tune.storage_path", cfg.tune.storage_path), ("tune.name", cfg.tune.name)):
+        safe = sanitize(str(value))
+        if safe != str(value) and REDACTED not in str(value):
+            raise ConfigError(f"{key}={safe!r} holds what looks like a secret (shown redacted): it names the "
+                              "study folder and would be written into Ray Tune's state files. Choose a "
+                              "value without tokens, passwords or e-mail addresses; pass credentials in "
+                              "environment variables (e.g. HF_TOKEN)")
+
+
+def _check_redacted(cfg: AppConfig) -> None:
+    """A value that was redacted when the study was saved, and is needed, names the fix."""
+    from tune_app.tracking.sanitize import REDACTED
+
+    saved = ("was redacted when the study was saved (part of it looks like a secret) and this process "
+             "does not know the real value")
+    if cfg.data.path and REDACTED in cfg.data.path:
+        raise ConfigError(f"data.path={cfg.data.path!r} {saved}: put the real path back in the study's "
+                          "study_config.yaml by hand, or move the data to a folder whose path holds no "
+                          "token-like name and set data.path to it there")
+    uri = cfg.tracking.tracking_uri
+    if uri and REDACTED in uri:
+        raise ConfigError(f"tracking.tracking_uri={uri!r} {saved}: write the URI without credentials in the "
+                          "study's study_config.yaml and pass them in MLFLOW_TRACKING_USERNAME / "
+                          "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
 
 
 def _validate_early_stopping(cfg: AppConfig) -> None:

@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tune_app.tracking.sanitize import install_std_streams
+
+    install_std_streams()
     args = _parser().parse_args(argv)
     from tune_app.errors import KNOWN_ERRORS, format_error
     from tune_app.evaluation.contracts import ContractError

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tune_app.errors import KNOWN_ERRORS, format_error
 from tune_app.logs import setup_logging, setup_study_logging
-from tune_app.tracking.sanitize import sanitize
+from tune_app.tracking.sanitize import install_std_streams, sanitize
 
 logger = logging.getLogger("tune_app.run")
 
@@ -43,6 +43,7 @@ def _resume_target(overrides: list[str]) -> tuple[str | None, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_std_streams()  # nothing printed by this process or its Ray workers carries a secret
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in {"-h", "--help"} for a in args):
         print(USAGE)

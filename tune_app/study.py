@@ -59,7 +59,10 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    """``data`` as JSON, secrets redacted (``sanitize_value``), written atomically."""
+    from tune_app.tracking.sanitize import sanitize_value
+
+    write_text_atomic(path, json.dumps(sanitize_value(data), indent=2, sort_keys=True, default=str) + "\n")
 
 
 def code_version() -> dict[str, str]:

@@ -358,7 +358,27 @@ def _previous_starts(trial_dir: Path) -> list[dict[str, Any]]:
 
 # --- the trainable --------------------------------------------------------------------
 def train_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: train one sampled config, report every epoch."""
+    """Ray Tune function trainable: train one sampled config, report every epoch.
+
+    No secret leaves the trial: the worker's stdout/stderr are sanitised, and an exception
+    whose text holds one is replaced by a sanitised copy (same class when it can be rebuilt,
+    so the driver still recognises our errors; ``from None``: the original chain stays here),
+    which is what Tune writes to ``error.txt``/``error.pkl``.
+    """
+    from tune_app.tracking.sanitize import install_std_streams, sanitized_exception
+
+    install_std_streams()
+    try:
+        _run_trial(params, app_config)
+    except Exception as exc:
+        clean = sanitized_exception(exc)
+        if clean is None:
+            raise
+        raise clean from None
+
+
+def _run_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
+    """The trial: its log session, the early-stopped check, then ``_train``."""
     from tune_app.tracking.jsonlog import setup_trial_logging
 
     started = time.monotonic()

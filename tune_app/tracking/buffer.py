@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tune_app.tracking.sanitize import sanitize, sanitize_mapping
+
 logger = logging.getLogger("tune_app.tracking.buffer")
 
 PENDING_PREFIX = "pending:"
@@ -136,8 +138,11 @@ def find_or_create_run(client: Any, experiment_name: str, match: dict[str, str],
                        run_name: str | None) -> tuple[str, bool]:
     """The run of ``experiment_name`` whose tags include ``match``, else a new one.
 
-    Returns ``(run_id, created)``.
+    Returns ``(run_id, created)``. Experiment name, tags and run name are sanitised.
     """
+    experiment_name = sanitize(experiment_name)
+    tags = sanitize_mapping(tags)
+    run_name = sanitize(run_name) if run_name is not None else None
     exp = client.get_experiment_by_name(experiment_name)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment_name)
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in sorted(match.items()))
@@ -182,7 +187,7 @@ class BufferedMlflowWriter:
     def __init__(self, buffer: MetricBuffer, client_factory: Callable[[], Any], *, experiment_name: str,
                  step_key: str = "epoch", backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0) -> None:
         self.buffer = buffer
-        self.experiment_name = experiment_name
+        self.experiment_name = sanitize(experiment_name)
         self.step_key = step_key
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
@@ -206,10 +211,10 @@ class BufferedMlflowWriter:
                          for key, value, step, ts in metrics])
 
     def log_params(self, run_ref: str, params: dict[str, str]) -> None:
-        self._queue.put([{"op": "params", "run_id": run_ref, "params": params}])
+        self._queue.put([{"op": "params", "run_id": run_ref, "params": sanitize_mapping(params)}])
 
     def set_tags(self, run_ref: str, tags: dict[str, str]) -> None:
-        self._queue.put([{"op": "tags", "run_id": run_ref, "tags": tags}])
+        self._queue.put([{"op": "tags", "run_id": run_ref, "tags": sanitize_mapping(tags)}])
 
     def set_status(self, run_ref: str, status: str) -> None:
         self._queue.put([{"op": "status", "run_id": run_ref, "status": status,
@@ -218,8 +223,9 @@ class BufferedMlflowWriter:
     def create_run(self, run_ref: str, match: dict[str, str], tags: dict[str, str], run_name: str | None,
                    experiment_name: str | None = None) -> None:
         """Create (or find by ``match`` tags) the run that ``run_ref`` stands for."""
-        self._queue.put([{"op": "create_run", "run_id": run_ref, "match": match, "tags": tags,
-                          "run_name": run_name, "experiment": experiment_name or self.experiment_name}])
+        self._queue.put([{"op": "create_run", "run_id": run_ref, "match": match, "tags": sanitize_mapping(tags),
+                          "run_name": sanitize(run_name) if run_name is not None else None,
+                          "experiment": sanitize(experiment_name) if experiment_name else self.experiment_name}])
 
     def resolve(self, run_ref: str) -> str | None:
         return self._resolved.get(run_ref) if run_ref.startswith(PENDING_PREFIX) else run_ref

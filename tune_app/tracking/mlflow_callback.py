@@ -94,10 +94,11 @@ class ResumableMLflowLoggerCallback(LoggerCallback):
                  buffer_warn_mb: float = 100.0, close_timeout_s: float = 120.0,
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 30.0) -> None:
         self.tracking_uri = tracking_uri
-        self.experiment_name = experiment_name
+        # Sanitised here: the callback is pickled into tuner.pkl (the writer sanitises too).
+        self.experiment_name = sanitize(experiment_name)
         self.study_name = study_name
         self.study_dir = Path(study_dir) if study_dir is not None else None
-        self.extra_tags = dict(extra_tags or {})
+        self.extra_tags = sanitize_mapping(extra_tags or {})
         self.buffer_warn_mb = buffer_warn_mb
         self.close_timeout_s = close_timeout_s
         self.backoff_initial_s = backoff_initial_s
@@ -116,6 +117,9 @@ class ResumableMLflowLoggerCallback(LoggerCallback):
         state = self.__dict__.copy()
         for key in ("_writer", "_trial_runs", "_last_step", "_study_run", "tags"):
             state.pop(key, None)
+        # Credentials in the URI stay in this process (a resume gets them from the config: see
+        # config._check_redacted).
+        state["tracking_uri"] = sanitize(self.tracking_uri)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -143,8 +143,10 @@ def study_progress(trials: Sequence[Trial], total: int, metric: str, mode: str,
 def _write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    from tune_app.tracking.sanitize import sanitize_value
+
     with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
+        json.dump(sanitize_value(data), fh)
     os.replace(tmp, path)
 
 

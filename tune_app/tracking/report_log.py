@@ -25,6 +25,7 @@ from tune_app.tracking.mlflow_callback import (
     STUDY_EXPERIMENT_SUFFIX,
     STUDY_TAG,
 )
+from tune_app.tracking.sanitize import sanitize
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def log_study_report(report: dict[str, Any], *, tracking_uri: str, experiment_na
             client.log_batch(run_id, metrics=metrics[lo:lo + 500])
         client.set_tag(run_id, "tune_app.test_report_id", str(report.get("report_id", "")))
         for path in files or []:
-            client.set_tag(run_id, f"tune_app.test_report_{Path(path).suffix.lstrip('.') or 'file'}", str(path))
+            client.set_tag(run_id, f"tune_app.test_report_{Path(path).suffix.lstrip('.') or 'file'}",
+                           sanitize(str(path)))
         return str(run_id)
     except Exception as exc:  # noqa: BLE001 - tracking must never fail the study
         logger.warning("MLflow: could not log the study report on the study run (%s: %s); "

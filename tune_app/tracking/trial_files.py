@@ -8,7 +8,8 @@ study). This callback replaces them (``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1``): 
 is written once, in place, and appended per result; the state sync copies only Tune's
 few experiment-level files. No TensorBoard event files are written (MLflow tracks
 metrics). A resumed trial appends to its files; the CSV header is written once, and an
-epoch reported again after a resume is not written twice.
+epoch reported again after a resume is not written twice. Every string is sanitised
+(``tune_app.tracking.sanitize``): no secret reaches these files.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 
 from ray.tune.logger import LoggerCallback
 from ray.tune.utils.util import SafeFallbackEncoder
+
+from tune_app.tracking.sanitize import sanitize_value
 
 PARAMS_FILE = "params.json"
 PARAMS_PICKLE = "params.pkl"
@@ -84,10 +87,10 @@ class StudyTrialFilesCallback(LoggerCallback):
         import cloudpickle
 
         folder = _trial_dir(trial)
-        (folder / PARAMS_FILE).write_text(json.dumps(trial.config, indent=2, sort_keys=True,
-                                                     cls=SafeFallbackEncoder))
+        config = sanitize_value(trial.config)
+        (folder / PARAMS_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, cls=SafeFallbackEncoder))
         with (folder / PARAMS_PICKLE).open("wb") as fh:
-            cloudpickle.dump(trial.config, fh)
+            cloudpickle.dump(config, fh)
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
         folder = _trial_dir(trial)
@@ -96,6 +99,7 @@ class StudyTrialFilesCallback(LoggerCallback):
             self._last_epoch[folder] = _last_epoch(folder / RESULT_FILE)
         if self._last_epoch[folder] >= epoch > 0:
             return  # an epoch reported again after a resume: each epoch is written once
+        result = sanitize_value(result)
         with (folder / RESULT_FILE).open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(result, cls=SafeFallbackEncoder) + "\n")
         self._last_epoch[folder] = max(self._last_epoch[folder], epoch)
