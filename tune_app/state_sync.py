@@ -25,6 +25,8 @@ import copy
 import functools
 from typing import Any
 
+from ray.tune import Callback
+
 _MARK = "_tune_app_syncs_on_add"
 
 
@@ -88,3 +90,30 @@ def new_trials_follow_moved_study() -> None:
 
     setattr(resume, _MOVED_MARK, True)
     TuneController.resume = resume  # type: ignore[method-assign]
+
+
+class TrimEndedTrialState(Callback):
+    """Shrinks each ended trial's entry in Tune's saved state to what is still read.
+
+    Tune keeps, per trial and per numeric metric ever reported, running statistics
+    (``metric_analysis``) and the last 5 and 10 values (``metric_n_steps``): about 9 KB of
+    the ~21 KB each trial adds to every state rewrite. Once a trial has ended nothing
+    updates them, and only the study's metric is still read (``ResultGrid.get_best_result``),
+    so the rest is dropped. Results stay whole in the trial's ``result.json`` and in MLflow.
+    """
+
+    def __init__(self, metric: str) -> None:
+        self.keep = {metric, "epoch", "training_iteration"}
+
+    def _trim(self, trial: Any) -> None:
+        meta = getattr(trial, "run_metadata", None)
+        if meta is None or not hasattr(meta, "metric_analysis"):
+            return
+        meta.metric_analysis = {k: v for k, v in meta.metric_analysis.items() if k in self.keep}
+        meta.metric_n_steps = {k: v for k, v in meta.metric_n_steps.items() if k in self.keep}
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._trim(trial)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._trim(trial)

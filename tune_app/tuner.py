@@ -136,8 +136,11 @@ def make_callbacks(cfg: AppConfig) -> list[Any]:
         extra_tags={"tune_app.seed": str(cfg.seed), "tune_app.model": cfg.model.name,
                     "tune_app.dataset": cfg.data.name, **{f"tune_app.{k}": v for k, v in code_version().items()}},
     )
+    from tune_app.state_sync import TrimEndedTrialState
+
     return [
         StudyTrialFilesCallback(),
+        TrimEndedTrialState(cfg.tune.metric),
         retention,
         StoragePressureCallback.from_config(cfg, retention),
         mlflow_cb,
