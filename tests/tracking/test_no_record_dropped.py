@@ -182,3 +182,19 @@ def test_replay_pending_recreates_runs_a_replaced_store_lost(tmp_path: Path) -> 
     assert run.data.tags["tune_app.trial_id"] == "t1" and run.data.params == {"train.lr": "0.01"}
     assert steps == [2] and run.info.status == "FINISHED"
     assert not (tmp_path / "mlflow_buffer.jsonl").exists() and pending_note(tmp_path) is None
+
+
+def test_the_study_summary_counts_buffered_records_and_gives_the_replay_command(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tune_app.run import _report
+    from tune_app.tuner import StudyOutcome
+
+    MetricBuffer(tmp_path / "mlflow_buffer.jsonl").append([
+        {"op": "run", "run_id": "r0", "match": {}, "tags": {}, "params": {}},  # a description: not counted
+        {"run_id": "r0", "key": "loss", "step": 1, "value": 1.0, "timestamp": 1},
+        {"op": "status", "run_id": "r0", "status": "FINISHED", "timestamp": 2}])
+    outcome = StudyOutcome(study_dir=tmp_path, num_samples=2, terminated=1, best_trial_id="t", best_score=0.5)
+    assert _report(outcome) == 130
+    err = capsys.readouterr().err
+    assert f"MLflow: 2 record(s) still buffered in {tmp_path / 'mlflow_buffer.jsonl'}" in err
+    assert f"replay them with: python -m tune_app.run resume={tmp_path}" in err
