@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.tracking.test_buffer import FakeClient, make_writer, wait_until
+from tests.tracking.test_buffer import Down, FakeClient, make_writer, wait_until
 from tune_app.tracking.buffer import REJECTED_FILE, BufferedMlflowWriter, MetricBuffer, RejectedLog
 from tune_app.tracking.replay import pending_note, replay_pending
 
@@ -198,3 +198,32 @@ def test_the_study_summary_counts_buffered_records_and_gives_the_replay_command(
     err = capsys.readouterr().err
     assert f"MLflow: 2 record(s) still buffered in {tmp_path / 'mlflow_buffer.jsonl'}" in err
     assert f"replay them with: python -m tune_app.run resume={tmp_path}" in err
+
+
+def test_the_outage_traceback_goes_to_the_study_log_at_debug_only(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    import json
+
+    from tune_app.logs import setup_study_logging
+
+    session = setup_study_logging(tmp_path, study_id="s")
+    try:
+        client = FakeClient()
+        run = new_run(client)
+        writer = make_writer(tmp_path, client, backoff_s=3600)
+        client.down = True
+        writer.log_metrics(run, [("loss", 1.0, 1, 1)])
+        assert not writer.flush(5)
+        logging.getLogger("mlflow.store.db.utils").exception("SQLAlchemy database error", exc_info=Down("db gone"))
+        writer.close(0)
+        session.flush()
+    finally:
+        session.close()
+    records = [json.loads(line) for line in (tmp_path / "logs" / "study.jsonl").read_text().splitlines()]
+    debug = [r for r in records if r["level"] == "DEBUG"]
+    assert any("Down: connection refused" in r["extra"].get("exception", "") for r in debug)
+    assert any(r["component"] == "mlflow.store.db.utils" and "db gone" in r["extra"]["exception"] for r in debug)
+    assert [r["level"] for r in records if "MLflow store unreachable" in r["message"]] == ["WARNING"]
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out and "db gone" not in captured.err
+    assert not [r for r in caplog.records if r.name.startswith("mlflow")]  # no console handler saw it
