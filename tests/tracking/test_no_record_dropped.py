@@ -141,7 +141,7 @@ def the_run(db: Path) -> tuple[Any, list[int]]:
     return runs[0], sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "val_f1"))
 
 
-def test_a_deleted_sqlite_store_is_recreated_in_process(tmp_path: Path) -> None:
+def test_a_deleted_sqlite_store_is_recreated_in_process(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     db = tmp_path / "mlflow.db"
     writer = sqlite_writer(tmp_path, db)
     old_id = start_trial(writer, db)
@@ -155,6 +155,8 @@ def test_a_deleted_sqlite_store_is_recreated_in_process(tmp_path: Path) -> None:
     assert run.data.tags["tune_app.trial_id"] == "t1" and run.data.tags["trial_name"] == "trial_1"
     assert run.data.params == {"train.lr": "0.01"}
     assert steps == [2, 3]  # step 1 went down with the deleted file; the buffered ones arrive once
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(lines) == 2 and "readonly database" in lines[0] and "recreated 1 run(s)" in lines[1], lines
     writer.log_metrics(old_id, [("val_f1", 0.4, 4, 4000)])  # later records follow the recreated run
     assert writer.flush(10) and the_run(db)[1] == [2, 3, 4]
     writer.close(1)

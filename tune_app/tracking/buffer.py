@@ -285,6 +285,7 @@ class BufferedMlflowWriter:
         self._runs: dict[str, Record] = {}  # run ref -> its description (params/tags so far)
         self._described: set[str] = set()  # refs whose description is in the buffer file
         self._announced = False  # the outage's start was logged
+        self._recreated = 0  # runs recreated since the outage started
         self._backoff = backoff_initial_s
         self._next_retry = 0.0 if buffer.exists() else float("inf")
         self._thread = threading.Thread(target=self._loop, name="tune_app-mlflow-writer", daemon=True)
@@ -485,6 +486,7 @@ class BufferedMlflowWriter:
     def _replay(self) -> bool:
         """Send the buffer; keep in it only what MLflow has not accepted. True if it is empty."""
         records = replay_order(self.buffer.read())
+        self._note(records)  # a buffer left by an earlier session: its runs' descriptions
         if not any(r.get("op") != "run" for r in records):
             self.buffer.remove()
             self._described = set()
@@ -493,6 +495,8 @@ class BufferedMlflowWriter:
             sent = self._send(records, replay=True)
         except _SendFailed as failed:
             keep = [r for r in records[:failed.index] if r.get("op") in _RUN_OPS] + records[failed.index:]
+            keep = [{**r, "resolved": self._resolved[r["run_id"]]} if r.get("op") in _RUN_OPS
+                    and r["run_id"] in self._resolved else r for r in keep]  # runs recreated by this replay
             self.buffer.rewrite(keep)
             self._described = {r["run_id"] for r in keep if r.get("op") in _RUN_OPS}
             self._next_retry = time.monotonic() + self._backoff
@@ -506,7 +510,9 @@ class BufferedMlflowWriter:
         self._backoff = self.backoff_initial_s
         self._next_retry = float("inf")
         self._announced = False
-        logger.warning("MLflow store back: replayed %d records from %s", sent, self.buffer.path)
+        recreated = f" (recreated {self._recreated} run(s) the store had lost)" if self._recreated else ""
+        self._recreated = 0
+        logger.warning("MLflow store back: replayed %d records from %s%s", sent, self.buffer.path, recreated)
         return True
 
     # --- sending -----------------------------------------------------------------------
@@ -564,8 +570,9 @@ class BufferedMlflowWriter:
                                              rec["match"], rec.get("tags") or {}, rec.get("run_name"))
         self._resolved[ref] = run_id
         if known is not None:
-            logger.info("MLflow: run %s (%s) is missing from the store; %s run %s", known, rec.get("run_name"),
-                        "recreated it as" if created else "continues in", run_id)
+            self._recreated += 1
+            log_debug_detail(logger.name, f"MLflow: run {known} ({rec.get('run_name')}) is missing from the store; "
+                                          f"{'recreated it as' if created else 'continues in'} run {run_id}")
         if created and rec.get("params"):
             self._send_op(client, {"op": "params", "run_id": ref, "params": rec["params"]})
         elif not created and known is None:

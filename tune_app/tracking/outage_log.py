@@ -54,8 +54,11 @@ def quiet_store_loggers() -> None:
 
 
 def short_reason(exc: BaseException, limit: int = 160) -> str:
-    """``Type: first line of the message``, at most ``limit`` characters."""
-    text = str(exc).strip().splitlines()
+    """``Type: first line of the message`` (SQLAlchemy's ``(driver.Error) ...`` line when there is one),
+    at most ``limit`` characters."""
+    text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    db_error = [line for line in text if line.startswith("(") and "Error) " in line]
+    text = db_error or text
     line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
