@@ -168,6 +168,7 @@ class TrackingConfig:
     tracking_uri: str | None = None
     experiment_name: str | None = None
     buffer_warn_mb: float = 100.0
+    close_timeout_s: float = 120.0  # at the study's end, retry an unreachable store this long (then it stays buffered)
     log_max_bytes: int = 1_000_000_000
     log_backup_count: int = 14
 
@@ -451,6 +452,17 @@ def validate(cfg: AppConfig) -> None:
         raise ConfigError(f"tune.cpus_per_trial={cpus!r} is invalid: \"all\" (every CPU; the default) "
                           "or a number > 0")
     _validate_early_stopping(cfg)
+    _validate_tracking(cfg)
+
+
+def _validate_tracking(cfg: AppConfig) -> None:
+    """``tracking.tracking_uri``: a store MLflow can open (issue 14); ``tracking.close_timeout_s`` >= 0."""
+    from tune_app.tracking.uri import tracking_uri_problem
+
+    problem = tracking_uri_problem(cfg.tracking.tracking_uri)
+    if problem:
+        raise ConfigError(problem)
+    _fraction("tracking.close_timeout_s", cfg.tracking.close_timeout_s, 0.0, 86400.0)
 
 
 def _check_no_secret_in_folder(cfg: AppConfig) -> None:

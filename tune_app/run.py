@@ -14,6 +14,7 @@ import logging
 import re
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from tune_app.errors import KNOWN_ERRORS, format_error
 from tune_app.logs import setup_logging, setup_study_logging
@@ -125,6 +126,7 @@ def _resume(cfg: object) -> int:
     from tune_app.checkpoints.cleanup_scan import remove_torn_temps
     from tune_app.config import AppConfig, ConfigError
     from tune_app.study import ensure_prepared
+    from tune_app.tracking.replay import replay_pending
     from tune_app.tuner import can_restore, check_resources, has_tune_state, run_study, study_status
 
     assert isinstance(cfg, AppConfig)
@@ -143,8 +145,10 @@ def _resume(cfg: object) -> int:
                           "restore the study. Restore the file from a backup, or start a new study")
     status = study_status(cfg)
     if status.complete:
+        replay_pending(cfg.study_dir, cfg.tracking_uri, experiment_name=cfg.experiment_name)  # nothing else replays it
         print(f"Study {cfg.study_dir} is already complete: {status.ended}/{status.num_samples} "
               f"trials ({status.counts_line}; best {cfg.tune.metric} {status.best_score}). Nothing was re-run.")
+        _tracking_note(cfg.study_dir)
         return _evaluate_on_finish(cfg.study_dir)
     logger.info("resuming %s: %d/%d trials ended (%s)", cfg.study_dir, status.ended, status.num_samples,
                 status.counts_line)
@@ -175,6 +179,7 @@ def _report(outcome: object) -> int:
     if outcome.complete:
         print(f"Study complete: {outcome.ended}/{outcome.num_samples} trials ({outcome.counts_line}); best trial "
               f"{outcome.best_trial_id} with score {outcome.best_score}. Results in {outcome.study_dir}")
+        _tracking_note(outcome.study_dir)
         return _evaluate_on_finish(outcome.study_dir)
     if outcome.errored:
         for trial, error_file in outcome.failures:
@@ -183,11 +188,22 @@ def _report(outcome: object) -> int:
         print(f"Study ended with {outcome.errored} failed trial(s) ({outcome.counts_line}, of "
               f"{outcome.num_samples}). After fixing the cause, resume: python -m tune_app.run resume={outcome.study_dir}",
               file=sys.stderr)
+        _tracking_note(outcome.study_dir, sys.stderr)
         return 1
     print(f"Study interrupted: {outcome.ended}/{outcome.num_samples} trials ended ({outcome.counts_line}). "
           f"Resume with:\n"
           f"  python -m tune_app.run resume={outcome.study_dir}", file=sys.stderr)
+    _tracking_note(outcome.study_dir, sys.stderr)
     return 130
+
+
+def _tracking_note(study_dir: Path, file: TextIO | None = None) -> None:
+    """How many MLflow records are still buffered (or refused) and the command that replays them."""
+    from tune_app.tracking.replay import pending_note
+
+    note = pending_note(study_dir)
+    if note:
+        print(note, file=file)
 
 
 _EXC_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit))(?::\s?(.*))?$")

@@ -132,7 +132,7 @@ def make_callbacks(cfg: AppConfig) -> list[Any]:
         experiment_name=cfg.experiment_name,
         study_name=cfg.tune.name,
         study_dir=cfg.study_dir,
-        buffer_warn_mb=cfg.tracking.buffer_warn_mb,
+        buffer_warn_mb=cfg.tracking.buffer_warn_mb, close_timeout_s=cfg.tracking.close_timeout_s,
         extra_tags={"tune_app.seed": str(cfg.seed), "tune_app.model": cfg.model.name,
                     "tune_app.dataset": cfg.data.name, **{f"tune_app.{k}": v for k, v in code_version().items()}},
     )

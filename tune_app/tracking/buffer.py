@@ -1,15 +1,25 @@
 """Outage-tolerant MLflow writes: an in-memory queue, a background writer, a disk buffer.
 
 Callers (Tune callbacks in the driver) only enqueue (microseconds). One writer thread
-sends each operation to MLflow. When the backend fails (server down, DB locked, network
-error) the operation goes to a JSONL buffer on disk (one record per line; metrics as
-``{run_id, key, step, value, timestamp}``) and every later operation follows it there,
-so order is kept. The writer replays the buffer with exponential backoff: run creations
-first (find-or-create by tags, so a creation that reached the server is not repeated),
-then params/tags, then metrics chronologically by ``(timestamp, step)`` deduplicated by
-``(run_id, key, step, timestamp)``, then run status changes. The file is removed only
-after every call of the replay succeeded. Replaying a metric twice is harmless: MLflow's
-SQL store ignores an exact duplicate ``(key, step, timestamp, value)``.
+sends each operation to MLflow. When the store fails (server down, DB locked or lost,
+network error) the operation goes to a JSONL buffer on disk (one record per line; metrics
+as ``{run_id, key, step, value, timestamp}``) and every later operation follows it there,
+so order is kept. The writer replays the buffer with exponential backoff: run
+descriptions first, then params/tags, then metrics chronologically by ``(timestamp, step)``
+deduplicated by ``(run_id, key, step, timestamp)``, then run status changes.
+
+Nothing is dropped:
+
+* Only records MLflow accepted leave the buffer: after a failed replay the file is
+  rewritten with the records not sent yet (and every run description).
+* Each buffered run has a description (``op: run``: experiment, match tags, tags, params,
+  name). A replay that finds the run missing (the store was deleted or replaced) creates
+  it again, found by its match tags (study + trial id), with its params and tags.
+* A record MLflow refuses for good (``INVALID_PARAMETER_VALUE``, isolated record by
+  record) moves to ``mlflow_rejected.jsonl`` beside the buffer, with the reason.
+
+An outage logs one WARNING when it starts and one when it ends; details (tracebacks)
+go to the study log at DEBUG (``tune_app.tracking.outage_log``).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import json
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -25,24 +36,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tune_app.tracking.outage_log import log_debug_detail, quiet_store_loggers, short_reason
 from tune_app.tracking.sanitize import sanitize, sanitize_mapping
 
 logger = logging.getLogger("tune_app.tracking.buffer")
 
 PENDING_PREFIX = "pending:"
+BUFFER_FILE = "mlflow_buffer.jsonl"
+REJECTED_FILE = "mlflow_rejected.jsonl"
 #: MLflow accepts at most 1000 metrics per ``log_batch``.
 BATCH_LIMIT = 1000
-_PERMANENT_CODES = frozenset({
-    "INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
-    "BAD_REQUEST", "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED",
-})
+#: Error codes that say a record's content is invalid: retrying cannot fix it. Store errors
+#: (``BAD_REQUEST`` from a broken SQL store, ``TEMPORARILY_UNAVAILABLE``...) are outages.
+_REJECTION_CODES = frozenset({"INVALID_PARAMETER_VALUE"})
+_MISSING = "RESOURCE_DOES_NOT_EXIST"
+#: Record ops that describe a run (kept in the buffer while any of its records is).
+_RUN_OPS = ("run", "create_run")
 
 Record = dict[str, Any]
 
 
-def is_permanent(exc: BaseException) -> bool:
-    """True for errors that retrying cannot fix (bad request); outages are transient."""
-    return getattr(exc, "error_code", None) in _PERMANENT_CODES
+def is_rejection(exc: BaseException) -> bool:
+    """True when MLflow refused the record's content (retrying cannot fix it)."""
+    return getattr(exc, "error_code", None) in _REJECTION_CODES
+
+
+def is_missing(exc: BaseException) -> bool:
+    return getattr(exc, "error_code", None) == _MISSING
 
 
 def is_metric(record: Record) -> bool:
@@ -50,7 +70,7 @@ def is_metric(record: Record) -> bool:
 
 
 def replay_order(records: Iterable[Record]) -> list[Record]:
-    """Run creations, then params/tags, then metrics by (timestamp, step) without
+    """Run descriptions, then params/tags, then metrics by (timestamp, step) without
     duplicates of (run_id, key, step, timestamp), then status changes."""
     creates: list[Record] = []
     meta: list[Record] = []
@@ -60,7 +80,7 @@ def replay_order(records: Iterable[Record]) -> list[Record]:
         op = rec.get("op")
         if op is None:
             metrics.setdefault((rec["run_id"], rec["key"], int(rec["step"]), int(rec["timestamp"])), rec)
-        elif op == "create_run":
+        elif op in _RUN_OPS:
             creates.append(rec)
         elif op == "status":
             status.append(rec)
@@ -68,6 +88,30 @@ def replay_order(records: Iterable[Record]) -> list[Record]:
             meta.append(rec)
     ordered = sorted(metrics.values(), key=lambda r: (int(r["timestamp"]), int(r["step"])))
     return creates + meta + ordered + status
+
+
+def _write_lines(path: Path, records: Sequence[Record], mode: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+    with path.open(mode, encoding="utf-8") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _read_lines(path: Path) -> list[Record]:
+    """Every complete record; a torn last line (crash mid-write) is skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    out: list[Record] = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            logger.warning("MLflow buffer %s: skipping an unreadable line", path)
+    return out
 
 
 class MetricBuffer:
@@ -91,12 +135,7 @@ class MetricBuffer:
         """Append and fsync; WARNING once when the file grows past ``warn_bytes``."""
         if not records:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_lines(self.path, records, "a")
         size = self.size_bytes()
         if size > self.warn_bytes and not self._warned:
             self._warned = True
@@ -104,19 +143,18 @@ class MetricBuffer:
                            "unreachable for a while; metrics are safe on disk and will be replayed",
                            self.path, size / 1e6, self.warn_bytes / 1e6)
 
+    def rewrite(self, records: Sequence[Record]) -> None:
+        """Replace the file's content atomically (temp file, fsync, rename)."""
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        _write_lines(tmp, records, "w")
+        os.replace(tmp, self.path)
+
     def read(self) -> list[Record]:
-        """Every complete record; a torn last line (crash mid-write) is skipped."""
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        out: list[Record] = []
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                logger.warning("MLflow buffer %s: skipping an unreadable line", self.path)
-        return out
+        return _read_lines(self.path)
+
+    def count(self) -> int:
+        """Records waiting for MLflow (run descriptions not counted)."""
+        return sum(1 for r in self.read() if r.get("op") != "run")
 
     def max_step(self, run_id: str, key: str) -> int:
         steps = [int(r["step"]) for r in self.read() if is_metric(r) and r["run_id"] == run_id and r["key"] == key]
@@ -125,13 +163,30 @@ class MetricBuffer:
     def pending_run(self, match: dict[str, str]) -> str | None:
         """The placeholder id of a buffered run creation whose match tags equal ``match``."""
         for r in self.read():
-            if r.get("op") == "create_run" and r.get("match") == match:
+            if r.get("op") in _RUN_OPS and r.get("match") == match and str(r["run_id"]).startswith(PENDING_PREFIX):
                 return str(r["run_id"])
         return None
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
         self._warned = False
+
+
+class RejectedLog:
+    """``mlflow_rejected.jsonl``: records MLflow refused for good, each with the reason."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def add(self, records: Sequence[Record], reason: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        _write_lines(self.path, [{"record": r, "reason": sanitize(reason), "time": stamp} for r in records], "a")
+
+    def read(self) -> list[Record]:
+        return _read_lines(self.path)
+
+    def count(self) -> int:
+        return len(self.read())
 
 
 def find_or_create_run(client: Any, experiment_name: str, match: dict[str, str], tags: dict[str, str],
@@ -157,10 +212,40 @@ def last_logged_step(client: Any, run_id: str, key: str) -> int:
     return max((m.step for m in client.get_metric_history(run_id, key)), default=0)
 
 
+def reset_store_cache() -> None:
+    """Forget MLflow's cached stores (and the engine of a sqlite file that is gone): the next
+    call opens the store afresh.
+
+    A SQL store whose file was deleted keeps writing to the deleted file through its
+    pooled connection ("readonly database") until its engine is rebuilt.
+    """
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        getattr(type(_tracking_store_registry)._get_store_with_resolved_uri, "cache_clear", lambda: None)()
+        sql = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
+        engines = getattr(getattr(sql, "SqlAlchemyStore", None), "_engine_map", {})
+        for uri in [u for u in engines if u.startswith("sqlite:///")]:
+            path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+            if path and path != ":memory:" and not Path(path).exists():
+                engines.pop(uri).dispose()
+    except Exception as exc:  # noqa: BLE001 - private APIs: best effort
+        log_debug_detail(logger.name, f"could not reset MLflow's store cache: {exc}")
+
+
 @dataclass
 class _Flush:
     done: threading.Event = field(default_factory=threading.Event)
     ok: bool = False
+
+
+class _SendFailed(Exception):
+    """The store failed (an outage) at ``records[index]``; earlier records were accepted."""
+
+    def __init__(self, index: int, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.index = index
+        self.cause = cause
 
 
 _STOP = object()
@@ -181,12 +266,14 @@ class BufferedMlflowWriter:
 
     Run references are real run ids or ``pending:<name>`` placeholders created with
     ``create_run`` when the backend could not be reached at trial start; operations on a
-    placeholder are resolved to the real run once its creation succeeds.
+    placeholder are resolved to the real run once its creation succeeds. ``describe_run``
+    tells the writer how to recreate a real run that the store loses.
     """
 
     def __init__(self, buffer: MetricBuffer, client_factory: Callable[[], Any], *, experiment_name: str,
                  step_key: str = "epoch", backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0) -> None:
         self.buffer = buffer
+        self.rejected = RejectedLog(buffer.path.with_name(REJECTED_FILE))
         self.experiment_name = sanitize(experiment_name)
         self.step_key = step_key
         self.backoff_initial_s = backoff_initial_s
@@ -194,12 +281,17 @@ class BufferedMlflowWriter:
         self._client_factory = client_factory
         self._client: Any = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._resolved: dict[str, str] = {}
+        self._resolved: dict[str, str] = {}  # run ref -> run id in the store now
+        self._runs: dict[str, Record] = {}  # run ref -> its description (params/tags so far)
+        self._described: set[str] = set()  # refs whose description is in the buffer file
+        self._announced = False  # the outage's start was logged
+        self._recreated = 0  # runs recreated since the outage started
         self._backoff = backoff_initial_s
         self._next_retry = 0.0 if buffer.exists() else float("inf")
         self._thread = threading.Thread(target=self._loop, name="tune_app-mlflow-writer", daemon=True)
         self._closed = False
         self._stash: Any = None
+        quiet_store_loggers()
         self._thread.start()
         with _WRITERS_LOCK:
             _WRITERS.add(self)
@@ -227,8 +319,15 @@ class BufferedMlflowWriter:
                           "run_name": sanitize(run_name) if run_name is not None else None,
                           "experiment": sanitize(experiment_name) if experiment_name else self.experiment_name}])
 
+    def describe_run(self, run_id: str, match: dict[str, str], tags: dict[str, str], run_name: str | None,
+                     experiment_name: str | None = None) -> None:
+        """How to recreate existing run ``run_id`` (found again by ``match``) if the store loses it."""
+        self._queue.put([{"op": "run", "run_id": run_id, "match": match, "tags": sanitize_mapping(tags), "params": {},
+                          "run_name": sanitize(run_name) if run_name is not None else None,
+                          "experiment": sanitize(experiment_name) if experiment_name else self.experiment_name}])
+
     def resolve(self, run_ref: str) -> str | None:
-        return self._resolved.get(run_ref) if run_ref.startswith(PENDING_PREFIX) else run_ref
+        return self._resolved.get(run_ref, None if run_ref.startswith(PENDING_PREFIX) else run_ref)
 
     @property
     def in_outage(self) -> bool:
@@ -259,8 +358,8 @@ class BufferedMlflowWriter:
             _WRITERS.discard(self)
         left = self.buffer.exists()
         if left:
-            logger.warning("MLflow still unreachable: %d bytes of tracking data kept in %s; they are "
-                           "replayed when the study resumes", self.buffer.size_bytes(), self.buffer.path)
+            log_debug_detail(logger.name, f"MLflow still unreachable at close: {self.buffer.count()} record(s) "
+                                          f"kept in {self.buffer.path}")
         return not left
 
     # --- writer thread -----------------------------------------------------------------
@@ -289,8 +388,6 @@ class BufferedMlflowWriter:
             elif isinstance(item, tuple) and item[0] is _STOP:
                 self._finish(item[1])
                 return
-            elif self.buffer.exists():
-                self.buffer.append(self._more_records(item))  # outage: one write for the backlog
             else:
                 self._handle(self._more_records(item))  # a backlog goes out in few requests
             if self.buffer.exists() and time.monotonic() >= self._next_retry:
@@ -330,21 +427,53 @@ class BufferedMlflowWriter:
             self._handle(records)
         return flushes
 
+    def _note(self, records: Sequence[Record]) -> None:
+        """Keep each run's description up to date (params and tags it has been given)."""
+        for rec in records:
+            op, ref = rec.get("op"), str(rec.get("run_id"))
+            if op in _RUN_OPS:
+                self._runs[ref] = {**rec, "tags": dict(rec.get("tags") or {}), "params": dict(rec.get("params") or {})}
+            elif op in ("params", "tags") and ref in self._runs:
+                self._runs[ref][op].update(rec[op])
+
+    def _append(self, records: Sequence[Record]) -> None:
+        """Buffer ``records``, preceded by the description of each run not yet described in the file."""
+        described = {r["run_id"] for r in records if r.get("op") in _RUN_OPS}
+        heads = []
+        for ref in dict.fromkeys(r["run_id"] for r in records):
+            if ref in self._described or ref in described or ref not in self._runs:
+                continue
+            desc = self._runs[ref]
+            resolved = self._resolved.get(ref)
+            heads.append({**desc, "op": "run", "run_id": ref, **({"resolved": resolved} if resolved else {})})
+            described.add(ref)
+        self.buffer.append([*heads, *records])
+        self._described |= described
+
     def _handle(self, records: list[Record]) -> None:
+        self._note(records)
         if self.buffer.exists():
-            self.buffer.append(records)
+            self._append(records)  # outage: one write for the backlog
             return
         try:
             self._send(records)
-        except Exception as exc:  # noqa: BLE001 - any backend failure must not stop training
-            if is_permanent(exc):
-                logger.warning("MLflow rejected %d record(s), dropped: %s", len(records), exc)
-                return
-            self.buffer.append(records)
-            self._backoff = self.backoff_initial_s
-            self._next_retry = time.monotonic() + self._backoff
-            logger.warning("MLflow unreachable (%s): buffering to %s and retrying with backoff",
-                           type(exc).__name__, self.buffer.path)
+        except _SendFailed as failed:
+            self._described = set()
+            self._append(records[failed.index:])
+            self._start_outage(failed.cause)
+
+    def _start_outage(self, exc: BaseException) -> None:
+        self._backoff = self.backoff_initial_s
+        self._next_retry = time.monotonic() + self._backoff
+        self._reset_client()
+        if not self._announced:
+            self._announced = True
+            logger.warning("MLflow store unreachable: %s; buffering records in %s", short_reason(exc), self.buffer.path)
+        log_debug_detail(logger.name, "MLflow store failure (records buffered)", exc)
+
+    def _reset_client(self) -> None:
+        self._client = None
+        reset_store_cache()
 
     def _finish(self, deadline: float) -> None:
         for req in self._drain():
@@ -355,94 +484,179 @@ class BufferedMlflowWriter:
             time.sleep(max(0.0, min(self._next_retry, deadline) - time.monotonic()))
 
     def _replay(self) -> bool:
+        """Send the buffer; keep in it only what MLflow has not accepted. True if it is empty."""
         records = replay_order(self.buffer.read())
-        if not records:
+        self._note(records)  # a buffer left by an earlier session: its runs' descriptions
+        if not any(r.get("op") != "run" for r in records):
             self.buffer.remove()
+            self._described = set()
             return True
         try:
             sent = self._send(records, replay=True)
-        except Exception as exc:  # noqa: BLE001
+        except _SendFailed as failed:
+            keep = [r for r in records[:failed.index] if r.get("op") in _RUN_OPS] + records[failed.index:]
+            keep = [{**r, "resolved": self._resolved[r["run_id"]]} if r.get("op") in _RUN_OPS
+                    and r["run_id"] in self._resolved else r for r in keep]  # runs recreated by this replay
+            self.buffer.rewrite(keep)
+            self._described = {r["run_id"] for r in keep if r.get("op") in _RUN_OPS}
             self._next_retry = time.monotonic() + self._backoff
-            logger.info("MLflow replay failed (%s: %s); next try in %.0f s", type(exc).__name__, exc, self._backoff)
+            log_debug_detail(logger.name, f"MLflow replay failed; {len(keep)} record(s) kept in {self.buffer.path}, "
+                                          f"next try in {self._backoff:.0f} s", failed.cause)
             self._backoff = min(self._backoff * 2, self.backoff_max_s)
-            self._client = None
+            self._reset_client()
             return False
         self.buffer.remove()
+        self._described = set()
         self._backoff = self.backoff_initial_s
         self._next_retry = float("inf")
-        logger.warning("MLflow reachable again: replayed %d buffered metric(s) from %s", sent, self.buffer.path)
+        self._announced = False
+        recreated = f" (recreated {self._recreated} run(s) the store had lost)" if self._recreated else ""
+        self._recreated = 0
+        logger.warning("MLflow store back: replayed %d records from %s%s", sent, self.buffer.path, recreated)
         return True
 
+    # --- sending -----------------------------------------------------------------------
     def _send(self, records: Sequence[Record], *, replay: bool = False) -> int:
-        """Send ``records`` in order; raises on the first transient failure."""
-        from mlflow.entities import Metric, Param, RunTag
+        """Send ``records`` in order; returns how many MLflow accepted (descriptions not counted).
 
-        client = self.client()
+        A record MLflow refuses for good goes to the rejected file; a store failure raises
+        ``_SendFailed`` with the index of the first record not accepted.
+        """
+        try:
+            client = self.client()
+        except Exception as exc:  # noqa: BLE001 - cannot even open the store: an outage
+            raise _SendFailed(0, exc) from exc
         skip_upto: dict[str, int] = {}
         sent = 0
         i = 0
         while i < len(records):
             rec = records[i]
             op = rec.get("op")
-            if op is None:
-                run_ref = rec["run_id"]
-                batch = [rec]
-                while (i + len(batch) < len(records) and len(batch) < BATCH_LIMIT
-                       and is_metric(records[i + len(batch)]) and records[i + len(batch)]["run_id"] == run_ref):
-                    batch.append(records[i + len(batch)])
-                i += len(batch)
-                run_id = self._run_id(run_ref)
-                if run_id is None:
-                    continue
-                limit = skip_upto.get(run_ref, 0)
-                metrics = [Metric(key=r["key"], value=float(r["value"]), timestamp=int(r["timestamp"]),
-                                  step=int(r["step"])) for r in batch if int(r["step"]) > limit]
-                if metrics:
-                    self._guard(replay, client.log_batch, run_id, metrics=metrics)
-                    sent += len(metrics)
-                continue
-            i += 1
-            if op == "create_run":
-                run_id, created = find_or_create_run(client, rec.get("experiment") or self.experiment_name,
-                                                     rec["match"], rec["tags"], rec.get("run_name"))
-                self._resolved[rec["run_id"]] = run_id
-                if not created:
-                    # A restored trial re-attached while MLflow was down: never log a step twice.
-                    client.update_run(run_id, status="RUNNING")
-                    skip_upto[rec["run_id"]] = last_logged_step(client, run_id, self.step_key)
-                continue
-            run_id = self._run_id(rec["run_id"])
-            if run_id is None:
-                continue
-            if op == "params":
-                logged = client.get_run(run_id).data.params
-                todo = [Param(k, str(v)) for k, v in rec["params"].items() if k not in logged]
-                if todo:
-                    self._guard(replay, client.log_batch, run_id, params=todo)
-            elif op == "tags":
-                tags = [RunTag(k, str(v)) for k, v in rec["tags"].items()]
-                self._guard(replay, client.log_batch, run_id, tags=tags)
-            elif op == "status":
-                if rec["status"] == "RUNNING":
-                    self._guard(replay, client.update_run, run_id, status="RUNNING")
+            unit = [rec]
+            while (op is None and i + len(unit) < len(records) and len(unit) < BATCH_LIMIT
+                   and is_metric(records[i + len(unit)]) and records[i + len(unit)]["run_id"] == rec["run_id"]):
+                unit.append(records[i + len(unit)])
+            try:
+                if op is None:
+                    limit = skip_upto.get(rec["run_id"], 0)
+                    sent += self._send_metrics(client, [r for r in unit if int(r["step"]) > limit])
+                elif op in _RUN_OPS:
+                    self._ensure_run(client, rec, replay, skip_upto)
                 else:
-                    self._guard(replay, client.set_terminated, run_id, status=rec["status"],
-                                end_time=rec.get("timestamp"))
+                    sent += self._send_op(client, rec)
+            except Exception as exc:  # noqa: BLE001 - any store failure is an outage: keep from here on
+                if not (is_missing(exc) and rec["run_id"] not in self._runs and op not in _RUN_OPS):
+                    raise _SendFailed(i, exc) from exc
+                self._reject(unit, f"run {rec['run_id']} is not in the store and nothing describes it to "
+                                   f"recreate it ({short_reason(exc)})")
+            i += len(unit)
         return sent
 
-    @staticmethod
-    def _guard(replay: bool, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        """``call(*args, **kwargs)``; in a replay a rejected record is dropped, not retried forever."""
-        try:
-            call(*args, **kwargs)
-        except Exception as exc:
-            if replay and is_permanent(exc):
-                logger.warning("MLflow rejected a buffered record, dropped: %s", exc)
-                return
-            raise
-
-    def _run_id(self, run_ref: str) -> str | None:
-        run_id = self.resolve(run_ref)
+    def _run_for(self, rec: Record) -> str | None:
+        """The store's run id for ``rec``; ``None`` (record rejected) when no run is known."""
+        run_id = self.resolve(rec["run_id"])
         if run_id is None:
-            logger.warning("MLflow: no run creation recorded for %s; its records are dropped", run_ref)
+            self._reject([rec], f"no run creation recorded for {rec['run_id']}")
         return run_id
+
+    def _ensure_run(self, client: Any, rec: Record, replay: bool, skip_upto: dict[str, int]) -> None:
+        """Resolve a run description: the known run if the store still has it, else found or created by its tags."""
+        ref = rec["run_id"]
+        known = self._resolved.get(ref) or rec.get("resolved") or (None if ref.startswith(PENDING_PREFIX) else ref)
+        if known is not None and (not replay or self._run_exists(client, known)):
+            self._resolved[ref] = known
+            return
+        run_id, created = find_or_create_run(client, rec.get("experiment") or self.experiment_name,
+                                             rec["match"], rec.get("tags") or {}, rec.get("run_name"))
+        self._resolved[ref] = run_id
+        if known is not None:
+            self._recreated += 1
+            log_debug_detail(logger.name, f"MLflow: run {known} ({rec.get('run_name')}) is missing from the store; "
+                                          f"{'recreated it as' if created else 'continues in'} run {run_id}")
+        if created and rec.get("params"):
+            self._send_op(client, {"op": "params", "run_id": ref, "params": rec["params"]})
+        elif not created and known is None:
+            # A restored trial re-attached while MLflow was down: never log a step twice.
+            client.update_run(run_id, status="RUNNING")
+            skip_upto[ref] = last_logged_step(client, run_id, self.step_key)
+
+    @staticmethod
+    def _run_exists(client: Any, run_id: str) -> bool:
+        try:
+            client.get_run(run_id)
+        except Exception as exc:
+            if is_missing(exc):
+                return False
+            raise
+        return True
+
+    def _send_metrics(self, client: Any, batch: list[Record]) -> int:
+        from mlflow.entities import Metric
+
+        if not batch:
+            return 0
+        run_id = self._run_for(batch[0])
+        if run_id is None:
+            self._reject(batch[1:], f"no run creation recorded for {batch[0]['run_id']}")
+            return 0
+        metrics = [Metric(key=r["key"], value=float(r["value"]), timestamp=int(r["timestamp"]), step=int(r["step"]))
+                   for r in batch]
+        return self._call_isolating(batch, lambda idx: client.log_batch(run_id, metrics=[metrics[j] for j in idx]))
+
+    def _send_op(self, client: Any, rec: Record) -> int:
+        from mlflow.entities import Param, RunTag
+
+        run_id = self._run_for(rec)
+        if run_id is None:
+            return 0
+        op = rec["op"]
+        if op == "params":
+            logged = client.get_run(run_id).data.params
+            todo = {k: str(v) for k, v in rec["params"].items() if k not in logged}
+            parts = [{"op": "params", "run_id": rec["run_id"], "params": {k: v}} for k, v in todo.items()]
+            items = [Param(k, v) for k, v in todo.items()]
+            self._call_isolating(parts, lambda idx: client.log_batch(run_id, params=[items[j] for j in idx]))
+        elif op == "tags":
+            parts = [{"op": "tags", "run_id": rec["run_id"], "tags": {k: v}} for k, v in rec["tags"].items()]
+            tags = [RunTag(k, str(v)) for k, v in rec["tags"].items()]
+            self._call_isolating(parts, lambda idx: client.log_batch(run_id, tags=[tags[j] for j in idx]))
+        elif op == "status" and rec["status"] == "RUNNING":
+            self._call_isolating([rec], lambda idx: client.update_run(run_id, status="RUNNING"))
+        elif op == "status":
+            self._call_isolating([rec], lambda idx: client.set_terminated(run_id, status=rec["status"],
+                                                                          end_time=rec.get("timestamp")))
+        return 1
+
+    def _call_isolating(self, parts: list[Record], call: Callable[[list[int]], Any]) -> int:
+        """``call`` on every part; if MLflow refuses the content, part by part, rejecting the refused ones.
+
+        Returns how many parts were accepted; a store failure propagates.
+        """
+        if not parts:
+            return 0
+        try:
+            call(list(range(len(parts))))
+            return len(parts)
+        except Exception as exc:
+            if not is_rejection(exc):
+                raise
+            if len(parts) == 1:
+                self._reject(parts, short_reason(exc, 300))
+                return 0
+        accepted = 0
+        for j, part in enumerate(parts):
+            try:
+                call([j])
+                accepted += 1
+            except Exception as exc:
+                if not is_rejection(exc):
+                    raise
+                self._reject([part], short_reason(exc, 300))
+        return accepted
+
+    def _reject(self, records: list[Record], reason: str) -> None:
+        if not records:
+            return
+        self.rejected.add(records, reason)
+        logger.warning("MLflow refused %d record(s) for good (%s); kept in %s", len(records), reason,
+                       self.rejected.path)

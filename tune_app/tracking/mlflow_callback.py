@@ -6,8 +6,10 @@
   MLflow or in the outage buffer) is skipped, so no step is logged twice.
 * All writes go through ``BufferedMlflowWriter``: the callback only enqueues; a writer
   thread sends, and on failure buffers to ``<study>/mlflow_buffer.jsonl`` and replays
-  with backoff. A run that cannot be created at trial start (backend down) gets a
-  ``pending:`` placeholder and is created (or found) at replay.
+  with backoff (nothing is dropped: see ``tune_app.tracking.buffer``). A run that cannot
+  be created at trial start (backend down) gets a ``pending:`` placeholder and is created
+  (or found) at replay; an existing run is described to the writer, so a replay
+  recreates it when the store lost it.
 * Params and tags are sanitised; tags carry study, trial, seed, dataset id/revision
   (from ``<study>/meta/study.json``) and code version. A study-level run
   (``tune_app.kind=study``, experiment ``<experiment>-study``, so the trial experiment
@@ -27,12 +29,14 @@ from typing import TYPE_CHECKING, Any
 from ray.tune.logger import LoggerCallback
 
 from tune_app.tracking.buffer import (
+    BUFFER_FILE,
     PENDING_PREFIX,
     BufferedMlflowWriter,
     MetricBuffer,
     find_or_create_run,
     last_logged_step,
 )
+from tune_app.tracking.outage_log import log_debug_detail
 from tune_app.tracking.sanitize import sanitize, sanitize_mapping
 
 if TYPE_CHECKING:
@@ -43,7 +47,6 @@ logger = logging.getLogger(__name__)
 TRIAL_ID_TAG = "tune_app.trial_id"
 STUDY_TAG = "tune_app.study"
 KIND_TAG = "tune_app.kind"
-BUFFER_FILE = "mlflow_buffer.jsonl"
 #: The study-level run (progress tags) goes to ``<experiment><suffix>``.
 STUDY_EXPERIMENT_SUFFIX = "-study"
 #: Result keys that Tune adds for its own bookkeeping; not worth an MLflow metric.
@@ -149,7 +152,8 @@ class ResumableMLflowLoggerCallback(LoggerCallback):
                                             step_key=STEP_KEY, backoff_initial_s=self.backoff_initial_s,
                                             backoff_max_s=self.backoff_max_s)
         if buffer.exists():
-            logger.warning("MLflow: replaying tracking data buffered in %s by an earlier session", buffer.path)
+            logger.info("MLflow: replaying %d record(s) buffered in %s by an earlier session", buffer.count(),
+                        buffer.path)
             self._writer.flush(timeout_s=30)
         self._study_run = self._attach({KIND_TAG: "study", STUDY_TAG: self.study_name},
                                        f"study:{self.study_name}", f"study-{self.study_name}",
@@ -185,10 +189,13 @@ class ResumableMLflowLoggerCallback(LoggerCallback):
                 if not created:
                     logger.info("MLflow: %s continues run %s from step %d", run_name, run_id,
                                 self._last_step[run_id])
+                # Lets a replay recreate the run if the store loses it (deleted or replaced).
+                writer.describe_run(run_id, match, {**self.tags, **match}, run_name, experiment)
                 return run_id
             except Exception as exc:  # noqa: BLE001 - tracking must never stop training
-                logger.warning("MLflow unreachable at the start of %s (%s): the run is created when it "
-                               "answers again", run_name, type(exc).__name__)
+                # The writer logs the outage (once): the create below fails the same way.
+                log_debug_detail(logger.name, f"MLflow unreachable at the start of {run_name}: the run is "
+                                              "created when it answers again", exc)
         ref = f"{PENDING_PREFIX}{placeholder}"
         writer.create_run(ref, match, self.tags, run_name, experiment)
         self._last_step[ref] = 0

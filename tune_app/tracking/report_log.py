@@ -86,6 +86,9 @@ def log_study_report(report: dict[str, Any], *, tracking_uri: str, experiment_na
                            sanitize(str(path)))
         return str(run_id)
     except Exception as exc:  # noqa: BLE001 - tracking must never fail the study
-        logger.warning("MLflow: could not log the study report on the study run (%s: %s); "
-                       "the report on disk is complete", type(exc).__name__, exc)
+        from tune_app.tracking.outage_log import log_debug_detail, short_reason
+
+        logger.warning("MLflow: could not log the study report on the study run (%s); "
+                       "the report on disk is complete", short_reason(exc))
+        log_debug_detail(logger.name, "MLflow: study report not logged", exc)
         return None
