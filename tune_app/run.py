@@ -70,6 +70,9 @@ def _run(args: list[str]) -> int:
         return _resume(cfg)
 
     cfg = compose(overrides)
+    from tune_app.start_checks import check_start
+
+    check_start(cfg)  # storage folder and local data: bad ones fail before anything is created
     from tune_app.tuner import can_restore, check_resources
 
     if cfg.study_dir.exists() and (can_restore(cfg.study_dir) or (cfg.study_dir / "study_config.yaml").exists()):
