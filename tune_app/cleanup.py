@@ -8,7 +8,7 @@ folders become tombstones, so Tune's saved state stays valid). Protected
 checkpoints (the study's best, each running trial's resume point) are never
 touched. Without ``--study``, every study under ``./experiments`` is scanned.
 
-Exit codes: 0 done (also when nothing was found), 2 bad input.
+Exit codes: 0 done (also when nothing was found), 2 bad input, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from tune_app.checkpoints.cleanup_scan import CleanupReport, execute, scan_study
+from tune_app.checkpoints.failpoints import pause
 from tune_app.checkpoints.preflight import human_bytes
 from tune_app.checkpoints.retention import Mode, RetentionPolicy
 from tune_app.config import ConfigError, load_study_config
@@ -74,6 +75,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="only list temp folders older than this (a running save is younger); default 600")
     args = parser.parse_args(argv)
     try:
+        return _cleanup(args)
+    except KeyboardInterrupt:
+        what = ("deletion stopped part-way (each checkpoint is tombstoned so the study stays valid); run the same "
+                "command again to finish" if args.execute else "nothing was deleted")
+        print(f"interrupted: {what}", file=sys.stderr)
+        return 130
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    try:
         if args.study is not None:
             study = args.study.expanduser().resolve()
             if not study.is_dir():
@@ -97,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         total += report.reclaimable_bytes
     if len(reports) > 1:
         print(f"Total reclaimable over {len(reports)} studies: {human_bytes(total)} ({total} bytes)")
+    sys.stdout.flush()
+    pause("cleanup")
     if not args.execute:
         target = f"--study {reports[0][0]} " if args.study is not None else ""
         print(f"Dry run: nothing was deleted. To delete, run: python -m tune_app.cleanup {target}--execute")

@@ -11,7 +11,9 @@ is not, nothing is published), ``prune`` (inside ``prune_checkpoint``: the
 ``trial_start`` (in the trainable: the trial's folder and config exist, nothing is
 trained or reported yet), ``stop`` (in the early-stopping scheduler: the stop is in
 ``trial_state.json``, not yet in ``meta/early_stopping.json`` nor in Tune's experiment
-state).
+state), ``report`` (in ``write_study_report``: plots and HTML page written, the JSON report
+not yet), ``cleanup`` (in ``python -m tune_app.cleanup``: the report is printed, nothing
+deleted yet).
 
 :func:`triggered` asks whether a point is set at all: ``oom=1`` makes the first
 training step of every trial raise a CUDA out-of-memory error, so the OOM path is
