@@ -305,3 +305,14 @@ def test_ctrl_c_in_cleanup_exits_130_without_a_traceback(execute: bool, tmp_path
     assert "Traceback" not in out + err and "KeyboardInterrupt" not in err
     assert err.strip().splitlines()[-1].startswith("interrupted:")
     assert leftover.exists(), "interrupted before deleting: nothing may be gone"
+
+
+@pytest.mark.parametrize("argv", [["tune.name=my", "study"], ["tune.name=a(b)"]], ids=["spaces", "parens"])
+def test_the_quote_hint_is_an_override_that_works(argv: list[str]) -> None:
+    """The fix the message suggests (``quote it: "key='value'"``) composes to the value meant."""
+    from tune_app.config import ConfigError
+
+    with pytest.raises(ConfigError, match="quote it") as info:
+        compose(argv)
+    suggested = str(info.value).rsplit("quote it: ", 1)[1].strip('"')
+    assert compose([suggested]).tune.name == " ".join(argv).partition("=")[2]
