@@ -316,3 +316,18 @@ def test_the_quote_hint_is_an_override_that_works(argv: list[str]) -> None:
         compose(argv)
     suggested = str(info.value).rsplit("quote it: ", 1)[1].strip('"')
     assert compose([suggested]).tune.name == " ".join(argv).partition("=")[2]
+
+
+@pytest.mark.parametrize("entry", ["run", "evaluate", "cleanup"])
+def test_a_bad_value_holding_a_secret_is_not_echoed(entry: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A wrong-typed value is quoted in the message, with its credentials redacted."""
+    secret = "hunter2-s3cret"
+    study = tmp_path / "study"
+    good = compose([f"tune.storage_path={tmp_path}", "tune.name=study"]).to_yaml()
+    _study_with_config(study, good.replace("tracking_uri: null", f"tracking_uri: [https://me:{secret}@mlflow.x]"))
+    argv = {"run": [f"resume={study}"], "evaluate": ["--study", str(study)], "cleanup": ["--study", str(study)]}
+    assert _call(entry, argv[entry]) == 2
+    err = capsys.readouterr().err
+    assert "tracking.tracking_uri" in err and "study_config.yaml is corrupt" in err
+    assert secret not in err

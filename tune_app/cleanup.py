@@ -22,6 +22,7 @@ from tune_app.checkpoints.failpoints import pause
 from tune_app.checkpoints.preflight import human_bytes
 from tune_app.checkpoints.retention import Mode, RetentionPolicy
 from tune_app.config import ConfigError, load_study_config
+from tune_app.tracking.sanitize import sanitize
 
 STUDY_CONFIG = "study_config.yaml"
 DEFAULT_ROOT = Path("experiments")
@@ -100,7 +101,7 @@ def _cleanup(args: argparse.Namespace) -> int:
                 return 0
         reports = [(s, scan(s, tmp_min_age_s=args.tmp_min_age)) for s in studies]
     except CleanupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(sanitize(f"error: {exc}"), file=sys.stderr)
         return 2
     total = 0
     for study, report in reports:

@@ -41,13 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         from tune_app.evaluation.contracts import ContractError
         from tune_app.evaluation.predict import EvaluationError
         from tune_app.logs import setup_logging
+        from tune_app.tracking.sanitize import sanitize
 
         setup_logging()
         handled: tuple[type[BaseException], ...] = (EvaluationError, ContractError, *KNOWN_ERRORS)
         try:
             return _evaluate(args)
         except handled as exc:
-            print(format_error(exc), file=sys.stderr)
+            print(sanitize(format_error(exc)), file=sys.stderr)
             return 2
     except KeyboardInterrupt:
         print("interrupted: the evaluation stopped (a report is written whole or not at all); "
