@@ -331,3 +331,11 @@ def test_a_bad_value_holding_a_secret_is_not_echoed(entry: str, tmp_path: Path,
     err = capsys.readouterr().err
     assert "tracking.tracking_uri" in err and "study_config.yaml is corrupt" in err
     assert secret not in err
+
+
+def test_evaluate_and_cleanup_reach_their_ctrl_c_handler_at_once() -> None:
+    """Their modules import no torch at load time (seconds), so a Ctrl-C lands in main's handler."""
+    code = ("import sys, tune_app.cleanup, tune_app.evaluate\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'ray') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]", out.stdout

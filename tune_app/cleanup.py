@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tune_app.checkpoints.cleanup_scan import CleanupReport, execute, scan_study
 from tune_app.checkpoints.failpoints import pause
-from tune_app.checkpoints.preflight import human_bytes
-from tune_app.checkpoints.retention import Mode, RetentionPolicy
 from tune_app.config import ConfigError, load_study_config
 from tune_app.tracking.sanitize import sanitize
+
+if TYPE_CHECKING:  # the checkpoint modules import torch: loaded in main's try, so Ctrl-C is handled there
+    from tune_app.checkpoints.cleanup_scan import CleanupReport
 
 STUDY_CONFIG = "study_config.yaml"
 DEFAULT_ROOT = Path("experiments")
@@ -41,6 +42,9 @@ def find_studies(root: Path) -> list[Path]:
 
 def scan(study: Path, *, tmp_min_age_s: float) -> CleanupReport:
     """Cleanup report of one study, using its own metric, mode and retention policy."""
+    from tune_app.checkpoints.cleanup_scan import scan_study
+    from tune_app.checkpoints.retention import Mode, RetentionPolicy
+
     try:
         cfg = load_study_config(study)
     except ConfigError as exc:
@@ -54,6 +58,8 @@ def scan(study: Path, *, tmp_min_age_s: float) -> CleanupReport:
 
 def format_report(study: Path, report: CleanupReport) -> str:
     """A table of candidates (path relative to the study, size, reason) and the total."""
+    from tune_app.checkpoints.preflight import human_bytes
+
     lines = [f"Study {study}: {len(report.candidates)} candidate(s), "
              f"{len(report.protected)} protected checkpoint(s) kept"]
     if report.candidates:
@@ -85,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cleanup(args: argparse.Namespace) -> int:
+    from tune_app.checkpoints.cleanup_scan import execute
+    from tune_app.checkpoints.preflight import human_bytes
+
     try:
         if args.study is not None:
             study = args.study.expanduser().resolve()
