@@ -8,7 +8,7 @@ folders become tombstones, so Tune's saved state stays valid). Protected
 checkpoints (the study's best, each running trial's resume point) are never
 touched. Without ``--study``, every study under ``./experiments`` is scanned.
 
-Exit codes: 0 done (also when nothing was found), 2 bad input.
+Exit codes: 0 done (also when nothing was found), 2 bad input, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ import argparse
 import sys
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tune_app.checkpoints.cleanup_scan import CleanupReport, execute, scan_study
-from tune_app.checkpoints.preflight import human_bytes
-from tune_app.checkpoints.retention import Mode, RetentionPolicy
+from tune_app.checkpoints.failpoints import pause
 from tune_app.config import ConfigError, load_study_config
 from tune_app.study_lock import StudyLockedError, study_lock
+from tune_app.tracking.sanitize import sanitize
+
+if TYPE_CHECKING:  # the checkpoint modules import torch: loaded in main's try, so Ctrl-C is handled there
+    from tune_app.checkpoints.cleanup_scan import CleanupReport
 
 STUDY_CONFIG = "study_config.yaml"
 DEFAULT_ROOT = Path("experiments")
@@ -41,6 +44,9 @@ def find_studies(root: Path) -> list[Path]:
 
 def scan(study: Path, *, tmp_min_age_s: float) -> CleanupReport:
     """Cleanup report of one study, using its own metric, mode and retention policy."""
+    from tune_app.checkpoints.cleanup_scan import scan_study
+    from tune_app.checkpoints.retention import Mode, RetentionPolicy
+
     try:
         cfg = load_study_config(study)
     except ConfigError as exc:
@@ -54,6 +60,8 @@ def scan(study: Path, *, tmp_min_age_s: float) -> CleanupReport:
 
 def format_report(study: Path, report: CleanupReport) -> str:
     """A table of candidates (path relative to the study, size, reason) and the total."""
+    from tune_app.checkpoints.preflight import human_bytes
+
     lines = [f"Study {study}: {len(report.candidates)} candidate(s), "
              f"{len(report.protected)} protected checkpoint(s) kept"]
     if report.candidates:
@@ -78,6 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tmp-min-age", type=float, default=600.0, metavar="SECONDS",
                         help="only list temp folders older than this (a running save is younger); default 600")
     args = parser.parse_args(argv)
+    try:
+        return _cleanup(args)
+    except KeyboardInterrupt:
+        what = ("deletion stopped part-way (each checkpoint is tombstoned so the study stays valid); run the same "
+                "command again to finish" if args.execute else "nothing was deleted")
+        print(f"interrupted: {what}", file=sys.stderr)
+        return 130
+
+
+def _cleanup(args: argparse.Namespace) -> int:
     locks = ExitStack()
     try:
         if args.study is not None:
@@ -99,19 +117,24 @@ def main(argv: list[str] | None = None) -> int:
         reports = [(s, scan(s, tmp_min_age_s=args.tmp_min_age)) for s in studies]
     except (CleanupError, StudyLockedError) as exc:
         locks.close()
-        print(f"error: {exc}", file=sys.stderr)
+        print(sanitize(f"error: {exc}"), file=sys.stderr)
         return 2
     with locks:
         return _print_and_execute(args, reports)
 
 
 def _print_and_execute(args: argparse.Namespace, reports: list[tuple[Path, CleanupReport]]) -> int:
+    from tune_app.checkpoints.cleanup_scan import execute
+    from tune_app.checkpoints.preflight import human_bytes
+
     total = 0
     for study, report in reports:
         print(format_report(study, report))
         total += report.reclaimable_bytes
     if len(reports) > 1:
         print(f"Total reclaimable over {len(reports)} studies: {human_bytes(total)} ({total} bytes)")
+    sys.stdout.flush()
+    pause("cleanup")
     if not args.execute:
         target = f"--study {reports[0][0]} " if args.study is not None else ""
         print(f"Dry run: nothing was deleted. To delete, run: python -m tune_app.cleanup {target}--execute")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,9 +245,10 @@ def group_options(group: str, config_dir: Path = CONFIG_DIR) -> list[str]:
 
 
 def _from_mapping(cls: type, data: Any, prefix: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by name."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping of keys to values, "
+                          f"got {type(data).__name__} {data!r:.80}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -253,24 +256,58 @@ def _from_mapping(cls: type, data: Any, prefix: str) -> Any:
             f"unknown key(s) {', '.join(f'{prefix}{k}' for k in unknown)}; "
             f"allowed keys: {', '.join(prefix + k for k in fields)}"
         )
+    hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        sub = fields[name].type
-        sub_cls = _NESTED.get(sub) if isinstance(sub, str) else None
-        kwargs[name] = _from_mapping(sub_cls, value, f"{prefix}{name}.") if sub_cls else value
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_mapping(hint, value, f"{prefix}{name}.")  # type: ignore[arg-type]
+        else:
+            kwargs[name] = _coerce(f"{prefix}{name}", value, hint, fields[name])
     return cls(**kwargs)
 
 
-_NESTED: dict[str, type] = {
-    "ModelConfig": ModelConfig,
-    "DataConfig": DataConfig,
-    "RetentionConfig": RetentionConfig,
-    "TuneSection": TuneSection,
-    "TrainConfig": TrainConfig,
-    "TrackingConfig": TrackingConfig,
-    "AugmentConfig": AugmentConfig,
-    "EvaluationConfig": EvaluationConfig,
-}
+_KINDS: dict[Any, str] = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _coerce(key: str, value: Any, hint: Any, spec: dataclasses.Field[Any] | None = None) -> Any:
+    """``value`` checked against the type ``hint`` of ``key``; a number given for a string becomes one.
+
+    Hydra and YAML type a value by its look (``tune.name=2024`` is an int), so numbers are
+    accepted as strings; everything else of the wrong type is a ``ConfigError`` with an example.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(key, value, option)
+            except ConfigError:
+                pass
+        kinds = " or ".join(_KINDS.get(a, "null") for a in args)
+        raise ConfigError(f"{key}={value!r} is invalid: must be {kinds}{_example(key, spec)}")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}={value!r} is invalid: must be a list like {key}=[0.7,0.15,0.15]")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str and is_number:
+        return str(value)
+    ok = {bool: isinstance(value, bool), int: is_number and isinstance(value, int), float: is_number,
+          str: isinstance(value, str)}.get(hint, True)
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: must be {_KINDS[hint]}{_example(key, spec)}")
+    return value
+
+
+def _example(key: str, spec: dataclasses.Field[Any] | None) -> str:
+    """`` (e.g. key=<default>, the default)`` when the field has a plain default."""
+    default = spec.default if spec is not None else dataclasses.MISSING
+    if default is dataclasses.MISSING or default is None:
+        return ""
+    shown = str(default).lower() if isinstance(default, bool) else default
+    return f" (e.g. {key}={shown}, the default)"
 
 
 #: (dotted key, redacted value) -> the real value, for configs this process wrote (``to_yaml``).
@@ -320,6 +357,7 @@ def compose(overrides: list[str], config_dir: Path = CONFIG_DIR) -> AppConfig:
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
+    _check_override_syntax(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
@@ -334,10 +372,51 @@ def compose(overrides: list[str], config_dir: Path = CONFIG_DIR) -> AppConfig:
             ) from None
         raise ConfigError(str(exc).splitlines()[0]) from None
     except (HydraException, OmegaConfBaseException) as exc:
+        unknown = re.search(r"Could not override '([^']+)'", str(exc))
+        if unknown:
+            raise ConfigError(_unknown_key_message(unknown.group(1))) from None
         raise ConfigError(f"bad override: {str(exc).splitlines()[0]}") from None
     finally:
         GlobalHydra.instance().clear()
     return from_omegaconf(conf)
+
+
+def _check_override_syntax(overrides: list[str]) -> None:
+    """Each override must parse as Hydra's ``key=value``; a value with spaces or special
+    characters needs quotes (an unquoted shell value with spaces arrives as several words)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for i, override in enumerate(overrides):
+        key = override.partition("=")[0].lstrip("+~")
+        if "=" not in override and not override.startswith("~"):
+            prev = overrides[i - 1] if i else ""
+            if "=" in prev:
+                k, _, v = prev.partition("=")
+                raise ConfigError(f"{override!r} is not key=value: a value with spaces must be quoted, "
+                                  f"quote it: \"{k}='{v} {override}'\"")
+            raise ConfigError(f"{override!r} is not key=value (e.g. tune.num_samples=8); a value with spaces "
+                              "must be quoted, quote it: \"key='value with spaces'\"")
+        try:
+            parser.parse_override(override)
+        except HydraException as exc:
+            value = override.partition("=")[2].replace("'", "\\'")
+            raise ConfigError(f"{key}: cannot parse {override!r} ({str(exc).splitlines()[0]}); a value with "
+                              f"spaces or special characters must be quoted, quote it: \"{key}='{value}'\"") from None
+
+
+def _unknown_key_message(key: str) -> str:
+    """``unknown key tune.nope; allowed keys of tune: ...`` for a key Hydra could not override."""
+    section = key.rpartition(".")[0]
+    cls: Any = AppConfig
+    for part in filter(None, section.split(".")):
+        hint = typing.get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
+        if not dataclasses.is_dataclass(hint):
+            return f"unknown key {key!r}: {section} has no sub-keys; check the spelling"
+        cls = hint
+    allowed = ", ".join(f.name for f in dataclasses.fields(cls))
+    return f"unknown key {key!r}: check the spelling; allowed keys{f' of {section}' if section else ''}: {allowed}"
 
 
 def _choice(key: str, value: Any, allowed: list[str] | tuple[str, ...]) -> None:
@@ -426,6 +505,9 @@ def validate(cfg: AppConfig) -> None:
     if cfg.tune.mode != "max":
         raise ConfigError(f"tune.mode={cfg.tune.mode!r} is not allowed; allowed values: max "
                           f"(every optimisable metric is higher-is-better: {', '.join(OPTIMISABLE_METRICS)})")
+    if not cfg.tune.storage_path.strip():
+        raise ConfigError("tune.storage_path='' is empty: the study would be written into the current folder; "
+                          "set a folder, e.g. tune.storage_path=experiments (the default)")
     if not cfg.tune.name or "/" in cfg.tune.name or cfg.tune.name in {".", ".."}:
         raise ConfigError(f"tune.name={cfg.tune.name!r} is invalid: a folder name without '/'")
     _check_no_secret_in_folder(cfg)
@@ -511,13 +593,39 @@ def _validate_early_stopping(cfg: AppConfig) -> None:
 
 
 def load_study_config(study_dir: Path) -> AppConfig:
-    """The configuration a study was started with (``<study>/study_config.yaml``)."""
+    """The configuration a study was started with (``<study>/study_config.yaml``).
+
+    A missing, empty or corrupt file is a ``ConfigError`` naming the file and how to recover,
+    never a study silently resumed with the defaults.
+    """
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
     path = study_dir / "study_config.yaml"
+    if not study_dir.is_dir():
+        raise ConfigError(f"resume={study_dir}: no such folder. Pass the folder <tune.storage_path>/<tune.name> "
+                          "that `python -m tune_app.run` printed.")
     if not path.is_file():
         raise ConfigError(
             f"resume={study_dir} is not a tune_app study: {path.name} is missing. "
             "Pass the folder <tune.storage_path>/<tune.name> that `python -m tune_app.run` printed."
         )
-    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    assert isinstance(data, dict)
-    return from_dict({str(k): v for k, v in data.items()})
+    recover = (f"Restore {path.name} from a backup, or copy one of its trial folders' trial_config.yaml "
+               "(the same configuration with that trial's sampled values) over it")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = (f"{getattr(exc, 'problem', 'error')} at line {mark.line + 1}, column {mark.column + 1}"
+                   if mark is not None else " ".join(str(exc).split()))
+        raise ConfigError(f"{path} is corrupt (not readable YAML: {problem:.200}). {recover}.") from None
+    if not data:
+        raise ConfigError(f"{path} is empty (or corrupt): the study's configuration is lost, and resuming with "
+                          f"the defaults would mix two studies. {recover}.")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is corrupt: it must hold a mapping of keys to values, got a "
+                          f"{type(data).__name__}. {recover}.")
+    try:
+        return from_dict({str(k): v for k, v in data.items()})
+    except ConfigError as exc:
+        raise ConfigError(f"{path} is corrupt: {exc}. {recover}.") from None

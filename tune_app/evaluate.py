@@ -6,7 +6,7 @@ the whole study on the test split, the result becomes the study report (recorded
 ``meta/study.json``); otherwise it goes to ``<study>/manual_evaluation/`` (or ``--out``)
 and, when a study report exists, the largest difference from it is printed.
 
-Exit codes: 0 ok, 2 bad input (missing study, no checkpoint to evaluate...).
+Exit codes: 0 ok, 2 bad input (missing study, no checkpoint to evaluate...), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -39,18 +39,24 @@ def main(argv: list[str] | None = None) -> int:
 
     install_std_streams()
     args = _parser().parse_args(argv)
-    from tune_app.errors import KNOWN_ERRORS, format_error
-    from tune_app.evaluation.contracts import ContractError
-    from tune_app.evaluation.predict import EvaluationError
-    from tune_app.logs import setup_logging
-
-    setup_logging()
-    handled: tuple[type[BaseException], ...] = (EvaluationError, ContractError, *KNOWN_ERRORS)
     try:
-        return _evaluate(args)
-    except handled as exc:
-        print(format_error(exc), file=sys.stderr)
-        return 2
+        from tune_app.errors import KNOWN_ERRORS, format_error
+        from tune_app.evaluation.contracts import ContractError
+        from tune_app.evaluation.predict import EvaluationError
+        from tune_app.logs import setup_logging
+        from tune_app.tracking.sanitize import sanitize
+
+        setup_logging()
+        handled: tuple[type[BaseException], ...] = (EvaluationError, ContractError, *KNOWN_ERRORS)
+        try:
+            return _evaluate(args)
+        except handled as exc:
+            print(sanitize(format_error(exc)), file=sys.stderr)
+            return 2
+    except KeyboardInterrupt:
+        print("interrupted: the evaluation stopped (a report is written whole or not at all); "
+              "run the same command again to evaluate", file=sys.stderr)
+        return 130
 
 
 def _evaluate(args: argparse.Namespace) -> int:

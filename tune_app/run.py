@@ -77,8 +77,11 @@ def _run(args: list[str]) -> int:
             return _resume(cfg)
 
     cfg = compose(overrides)
+    from tune_app.start_checks import check_start
     from tune_app.study import STUDY_CONFIG
     from tune_app.tuner import check_resources
+
+    check_start(cfg)  # storage folder and local data: bad ones fail before anything is created
 
     def refuse_existing() -> None:
         if (cfg.study_dir / STUDY_CONFIG).exists():

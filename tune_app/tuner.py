@@ -90,6 +90,11 @@ def trial_resources(cfg: AppConfig, available: dict[str, float]) -> dict[str, fl
     if gpus > have_gpus:
         raise ConfigError(f"tune.gpus_per_trial={cfg.tune.gpus_per_trial} but Ray sees {have_gpus:g} GPU(s) "
                           "here: use tune.gpus_per_trial=-1 (one GPU when there is one) or 0")
+    if cfg.train.device == "cuda" and gpus <= 0:
+        why = (f"Ray sees {have_gpus:g} GPU(s) here" if have_gpus < 1
+               else f"tune.gpus_per_trial={cfg.tune.gpus_per_trial} gives the trial none")
+        raise ConfigError(f"train.device=cuda but {why}: use train.device=auto (CUDA when the trial has a GPU, "
+                          "else CPU) or train.device=cpu")
     return {"cpu": cpus, "gpu": gpus}
 
 

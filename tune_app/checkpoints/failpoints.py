@@ -9,11 +9,13 @@ Points: ``save`` (inside ``save_checkpoint``: the model file is written, the res
 is not, nothing is published), ``prune`` (inside ``prune_checkpoint``: the
 ``PRUNED`` marker is in place, the first file is deleted, the others are not),
 ``prepare`` (at start-up: ``study_config.yaml`` is written, the data, the splits and
-Tune's files are not), ``trial_start`` (in the trainable: the trial's folder and config exist, nothing is
-trained or reported yet), ``report`` (in the trainable: the epoch's checkpoint is
-published and in ``trial_state.json``, not yet reported to Tune), ``stop`` (in the early-stopping scheduler: the stop is in
-``trial_state.json``, not yet in ``meta/early_stopping.json`` nor in Tune's experiment
-state).
+Tune's files are not), ``trial_start`` (in the trainable: the trial's folder and config
+exist, nothing is trained or reported yet), ``report`` (in the trainable: the epoch's
+checkpoint is published and in ``trial_state.json``, not yet reported to Tune), ``stop``
+(in the early-stopping scheduler: the stop is in ``trial_state.json``, not yet in
+``meta/early_stopping.json`` nor in Tune's experiment state), ``study_report`` (in
+``write_study_report``: plots and HTML page written, the JSON report not yet), ``cleanup`` (in ``python -m tune_app.cleanup``: the report is printed, nothing
+deleted yet).
 
 :func:`triggered` asks whether a point is set at all: ``oom=1`` makes the first
 training step of every trial raise a CUDA out-of-memory error, so the OOM path is

@@ -84,7 +84,18 @@ def _read_csv(path: Path, required: tuple[str, ...], where: str) -> pd.DataFrame
             f"{where}: {path} has the wrong columns: required {list(required)}, "
             f"found {found} (missing {missing}, extra {extra}). Use the original "
             f"RedSM5 files or {LOCAL_HINT}.")
+    if df.empty:
+        raise DataError(f"{where}: {path} has a header but no rows (empty or truncated copy). Copy the "
+                        f"complete file again, or {LOCAL_HINT}.")
     return df
+
+
+def check_local_files(folder: Path) -> None:
+    """Raise ``DataError`` naming the file when ``folder``'s posts or annotations CSV is missing,
+    unreadable, has the wrong columns or no rows (the driver checks this before a study folder exists)."""
+    where = f"local data at {folder}"
+    _read_csv(folder / POSTS_FILE, POSTS_COLUMNS, where)
+    _read_csv(folder / ANNOTATIONS_FILE, ANNOTATIONS_COLUMNS, where)
 
 
 def _content_hash(*paths: Path) -> str:

@@ -34,9 +34,15 @@ HTML_FILE = "evaluation_report.html"
 
 
 def _save(fig: Figure, path: Path) -> Path:
+    """Save ``fig`` as PNG at ``path`` atomically (temp file + rename: never a half-written plot)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
     return path
 
 
@@ -254,7 +260,9 @@ th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
 {imgs}
 </body></html>
 """
-    path.write_text(page, encoding="utf-8")
+    from tune_app.study import write_text_atomic
+
+    write_text_atomic(path, page)
     return path
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from tune_app.checkpoints.failpoints import pause
 from tune_app.config import AppConfig
 from tune_app.evaluation.contracts import validate, validate_checkpoint_metadata
 from tune_app.evaluation.predict import EvaluationError
@@ -466,6 +467,7 @@ def write_study_report(report: dict[str, Any], out_dir: Path, *, study_dir: Path
         report["artifacts"] = render_all(report, trials, out_dir)
     path = out_dir / REPORT_FILE
     validate(report, "study_report", where=str(path))
+    pause("study_report")
     _write_json(path, report)
     return path
 
