@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     except KNOWN_ERRORS as exc:
         print(sanitize(format_error(exc)), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before Tune took over SIGINT (start-up) or after it handed it back
+        print("interrupted: run the same command again (a study folder that was created resumes with "
+              "`python -m tune_app.run resume=<study folder>`)", file=sys.stderr)
+        return 130
 
 
 def _run(args: list[str]) -> int:
