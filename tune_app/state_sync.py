@@ -31,32 +31,32 @@ _MARK = "_tune_app_syncs_on_add"
 
 
 def sync_state_when_trial_added() -> None:
-    """Make Tune's controller save its state, and wait for it, whenever the searcher adds a trial.
+    """Make Tune save its state, and wait for it, before a new trial's actor starts.
 
-    Tune offers no hook for this, so ``TuneController._update_trial_queue`` (the step that
-    asks the searcher for a new trial) is wrapped once per process: when it added a trial,
-    the controller's state is synced at once and waited for, before the same step starts
-    the trial's actor. So a trial folder, checkpoint or MLflow run never exists unless
-    Tune's saved state names its trial, and a study with no saved state has run nothing
-    (``resume=`` can then start it afresh). Trials re-added by a restore are not synced one
-    by one. A Ray upgrade that renames either method fails
+    Tune offers no hook for this, so ``TuneController._schedule_trial_actor`` is wrapped
+    (once per process): for a trial that has no folder name yet (a new one, not a restored
+    one), the name is chosen first (``Trial.init_local_path``, which Tune calls right after
+    anyway), then the controller's state is synced at once and waited for. So a trial
+    folder, checkpoint or MLflow run never exists unless Tune's saved state names its trial
+    and folder, and a study with no saved state has run nothing (``resume=`` can then start
+    it afresh). A Ray upgrade that renames either method fails
     ``tests/integration/test_state_sync.py``.
     """
     from ray.tune.execution.tune_controller import TuneController
 
-    if getattr(TuneController._update_trial_queue, _MARK, False):
+    if getattr(TuneController._schedule_trial_actor, _MARK, False):
         return
-    original = TuneController._update_trial_queue
+    original = TuneController._schedule_trial_actor
 
     @functools.wraps(original)
-    def update_trial_queue(self: Any, *args: Any, **kwargs: Any) -> bool:
-        added = bool(original(self, *args, **kwargs))
-        if added:
+    def schedule_trial_actor(self: Any, trial: Any, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(trial, "relative_logdir", None):
+            trial.init_local_path()
             self.checkpoint(force=True, wait=True)
-        return added
+        return original(self, trial, *args, **kwargs)
 
-    setattr(update_trial_queue, _MARK, True)
-    TuneController._update_trial_queue = update_trial_queue  # type: ignore[method-assign]
+    setattr(schedule_trial_actor, _MARK, True)
+    TuneController._schedule_trial_actor = schedule_trial_actor  # type: ignore[method-assign]
 
 
 _MOVED_MARK = "_tune_app_follows_moved_study"
