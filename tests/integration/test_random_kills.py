@@ -1,12 +1,13 @@
-"""Issue 14: SIGKILLs at random moments over a whole study, start-up and shutdown included.
+"""Issue 14: SIGKILLs at random moments over whole studies, start-up and shutdown included.
 
-Each command (the start, then ``resume=``) is killed with its whole process group after a
-random delay drawn from the seed the test prints (``TUNE_APP_KILL_SEED`` replays a run,
-``TUNE_APP_KILLS`` sets how many kills; default 30). After each kill the test notes each
-trial's newest valid checkpoint, then runs the one command a user would: ``resume=`` of the
-study, or the start command again when the kill came before the study folder had its
-config. After the last kill the study must finish and hold exactly what an uninterrupted
-study holds.
+Each command (a study's start, then ``resume=``) is killed with its whole process group
+after a random delay drawn from the seed the test prints (``TUNE_APP_KILL_SEED`` replays a
+run, ``TUNE_APP_KILLS`` sets how many kills; default 30). After each kill the test notes
+each trial's newest valid checkpoint, then runs the one command a user would: ``resume=``
+of the study, or the start command again when the kill came before the study had its
+config. A study that finishes before the kills are used up is checked and the next one
+starts, so every kill lands in a real run. Each study must end holding exactly what an
+uninterrupted study holds, and every restart that had a valid checkpoint resumed from it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -26,13 +28,14 @@ from tune_app.checkpoints.store import checkpoint_index, is_tombstone, verify_ch
 from tune_app.tracking.mlflow_callback import TRIAL_ID_TAG
 
 pytestmark = pytest.mark.slow
-SAMPLES, EPOCHS = 4, 2
-MAX_DELAY_S = 30.0
+SAMPLES, EPOCHS = 3, 2
+MAX_DELAY_S = 15.0
 
 
 def _trial_folders(study: Path) -> list[Path]:
-    return sorted(p for p in study.iterdir() if p.is_dir() and (p / "trial_state.json").is_file()) \
-        if study.is_dir() else []
+    if not study.is_dir():
+        return []
+    return sorted(p for p in study.iterdir() if p.is_dir() and (p / "trial_state.json").is_file())
 
 
 def _newest_valid(trial: Path) -> str | None:
@@ -41,82 +44,100 @@ def _newest_valid(trial: Path) -> str | None:
     return next((p.name for p in found if not is_tombstone(p) and verify_checkpoint(p).ok), None)
 
 
-def _phase(study: Path) -> str:
+def _progress(study: Path) -> int:
+    """Trial (re)starts plus epochs recorded: grows whenever a command got as far as training."""
+    states = [trial_state(t) for t in _trial_folders(study)]
+    return sum(len(s.get("starts", [])) + len(s.get("history", [])) for s in states)
+
+
+def _where(study: Path, resumed: bool, progress_before: int) -> str:
     if not (study / "study_config.yaml").is_file():
-        return "before the study config"
+        return "start-up, before the study config"
     if not any(study.glob("experiment_state-*.json")):
-        return "before Tune's first state"
-    if not _trial_folders(study):
-        return "before the first trial"
-    return "during trials"
+        return "start-up, before Tune's first state"
+    if _progress(study) == progress_before:
+        return "resume start-up" if resumed else "start-up, before the first trial"
+    return "training"
 
 
-def test_random_sigkills_over_the_whole_run_then_resume(tmp_path: Path) -> None:
-    seed = int(os.environ.get("TUNE_APP_KILL_SEED", random.randrange(2**32)))
-    kills = int(os.environ.get("TUNE_APP_KILLS", "30"))
-    print(f"\nrandom kills: seed={seed} kills={kills} (replay: TUNE_APP_KILL_SEED={seed})")
-    rng = random.Random(seed)
-    storage = tmp_path / "s"
-    study = storage / "chaos"
-    start = ["model=tiny", "data.num_posts=20", f"tune.num_samples={SAMPLES}", f"tune.max_epochs={EPOCHS}",
-             "evaluation.on_finish=false", f"tune.storage_path={storage}", "tune.name=chaos"]
-    snapshots: list[dict[str, tuple[str | None, int]]] = []
-    phases: dict[str, int] = {}
-    began = time.monotonic()
-    log = tmp_path / "runs.log"
-    for k in range(kills):
-        args = [f"resume={study}"] if (study / "study_config.yaml").is_file() else start
-        delay = rng.uniform(0.0, MAX_DELAY_S)
-        with log.open("a") as fh:
-            fh.write(f"\n===== kill {k + 1}/{kills}: {' '.join(args[:1])}... killed after {delay:.2f} s\n")
-        proc = start_run(args, log)
-        try:
-            try:
-                rc: int | None = proc.wait(timeout=delay)
-            except Exception:
-                rc = None
-            if rc is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-        finally:
-            end_group(proc, grace=5)
-        if rc is not None:  # the command ended on its own before its kill (the study may be done)
-            assert rc == 0, f"kill {k + 1}: command ended with {rc} before its kill (seed {seed})\n{tail(log)}"
-        phase = _phase(study)
-        phases[phase] = phases.get(phase, 0) + 1
-        snapshots.append({t.name: (_newest_valid(t), len(trial_state(t).get("starts", [])))
-                          for t in _trial_folders(study)})
-
-    final_log = tmp_path / "final.log"
-    args = [f"resume={study}"] if (study / "study_config.yaml").is_file() else start
-    assert run(args, final_log) == 0, f"seed {seed}\n{tail(final_log)}"
-    wall = time.monotonic() - began
-    print(f"random kills: {kills} kills, wall {wall:.0f} s, where they landed: {phases}")
-
+def _check_study(storage: Path, study: Path, seed: int,
+                 snapshots: list[dict[str, tuple[str | None, int]]]) -> int:
     trials = _trial_folders(study)
-    assert len(trials) == SAMPLES, f"seed {seed}: {[t.name for t in trials]}"
+    assert len(trials) == SAMPLES, f"seed {seed}, {study.name}: {[t.name for t in trials]}"
     params = {json.dumps(json.loads((t / "params.json").read_text()), sort_keys=True) for t in trials}
-    assert len(params) == SAMPLES, f"seed {seed}: a config was repeated"
+    assert len(params) == SAMPLES, f"seed {seed}, {study.name}: a config was repeated"
     for t in trials:
         state = trial_state(t)
         assert state["status"] == "completed", (seed, t.name, state["status"])
         assert [h["epoch"] for h in state["history"]] == list(range(1, EPOCHS + 1)), (seed, t.name)
         for ckpt in t.glob("checkpoint_*"):
             assert is_tombstone(ckpt) or verify_checkpoint(ckpt).ok, (seed, ckpt)
-    runs = mlflow_runs(storage, "chaos")
+    runs = mlflow_runs(storage, study.name)
     trial_ids = sorted(r["tags"][TRIAL_ID_TAG] for r in runs)
     assert len(trial_ids) == SAMPLES == len(set(trial_ids)), f"seed {seed}: one MLflow run per trial: {trial_ids}"
     for r in runs:
         assert r["steps"]["val_macro_f1"] == list(range(1, EPOCHS + 1)), (seed, r["steps"]["val_macro_f1"])
-
-    restarts_checked = 0
+    checked = 0
     final: dict[str, list[dict[str, Any]]] = {t.name: trial_state(t)["starts"] for t in trials}
     for k, snapshot in enumerate(snapshots):
         for name, (newest, n_starts) in snapshot.items():
             starts = final.get(name, [])
             if newest is None or len(starts) <= n_starts:
                 continue
-            restarts_checked += 1
+            checked += 1
             assert starts[n_starts]["resumed_from"] == newest, (
-                f"seed {seed}, after kill {k + 1}: {name} restarted from {starts[n_starts]['resumed_from']} "
-                f"though {newest} was valid")
-    print(f"random kills: {restarts_checked} restarts with a valid checkpoint, each resumed from the newest")
+                f"seed {seed}, {study.name}, after its kill {k + 1}: {name} restarted from "
+                f"{starts[n_starts]['resumed_from']} though {newest} was valid")
+    return checked
+
+
+def test_random_sigkills_over_whole_studies_then_resume(tmp_path: Path) -> None:
+    seed = int(os.environ.get("TUNE_APP_KILL_SEED", random.randrange(2**32)))
+    kills = int(os.environ.get("TUNE_APP_KILLS", "30"))
+    print(f"\nrandom kills: seed={seed} kills={kills} (replay: TUNE_APP_KILL_SEED={seed} TUNE_APP_KILLS={kills})")
+    rng = random.Random(seed)
+    storage, log = tmp_path / "s", tmp_path / "runs.log"
+    landed: dict[str, int] = {}
+    done = resumes = restarts_checked = 0
+    began = time.monotonic()
+    studies = 0
+    while done < kills:
+        study = storage / f"chaos{studies}"
+        studies += 1
+        start = ["model=tiny", "data.num_posts=20", f"tune.num_samples={SAMPLES}", f"tune.max_epochs={EPOCHS}",
+                 "evaluation.on_finish=false", f"tune.storage_path={storage}", f"tune.name={study.name}"]
+        snapshots: list[dict[str, tuple[str | None, int]]] = []
+        complete = False
+        while not complete:
+            resumed = (study / "study_config.yaml").is_file()
+            args = [f"resume={study}"] if resumed else start
+            resumes += resumed
+            if done >= kills:  # the kills are used up: run this study to its end
+                assert run(args, log) == 0, f"seed {seed}, {study.name}\n{tail(log)}"
+                break
+            delay = rng.uniform(0.0, MAX_DELAY_S)
+            before = _progress(study)
+            with log.open("a") as fh:
+                fh.write(f"\n===== {study.name}: kill {done + 1}/{kills} of {args[0]}... after {delay:.2f} s\n")
+            proc = start_run(args, log)
+            try:
+                rc: int | None = proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                rc = None
+                os.killpg(proc.pid, signal.SIGKILL)
+            finally:
+                end_group(proc, grace=5)
+            if rc is not None:  # ended on its own before its kill: the study is complete
+                assert rc == 0, f"seed {seed}, {study.name}: a command ended with {rc}\n{tail(log)}"
+                complete = True
+                continue
+            done += 1
+            where = _where(study, resumed, before)
+            landed[where] = landed.get(where, 0) + 1
+            snapshots.append({t.name: (_newest_valid(t), len(trial_state(t).get("starts", [])))
+                              for t in _trial_folders(study)})
+        restarts_checked += _check_study(storage, study, seed, snapshots)
+    wall = time.monotonic() - began
+    print(f"random kills: {done} kills over {studies} studies ({resumes} resumes), wall {wall:.0f} s; "
+          f"where they landed: {landed}; {restarts_checked} restarts had a valid checkpoint and resumed from "
+          f"the newest")
