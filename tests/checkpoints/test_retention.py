@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import pytest
@@ -12,6 +13,7 @@ from tune_app.checkpoints.retention import (
     GB,
     CheckpointRecord,
     RetentionPolicy,
+    _best_with_ties,
     escalate,
     plan_retention,
     plan_single_best,
@@ -157,13 +159,21 @@ def _better(a: float, b: float, mode: str) -> bool:
     return a > b if mode == "max" else a < b
 
 
-def _best_k_with_ties(records: list[CheckpointRecord], k: int, mode: str) -> set[str]:
-    scored = [r for r in records if r.score is not None]
+def _best_k_with_ties(records: list[CheckpointRecord], k: int, mode: str, cap: int = 2) -> set[str]:
+    """The study-best set the plan uses, checked against its definition: every record better
+    than the K-th score, then records tied at it, ``max(k, cap)`` records in all."""
+    best = set(_best_with_ties(records, k, mode, cap))  # type: ignore[arg-type]
+    scored = [r for r in records if r.score is not None and not math.isnan(r.score)]
     if not scored:
-        return set()
+        assert best == set()
+        return best
     ranked = sorted((r.score for r in scored if r.score is not None), reverse=mode == "max")
     kth = ranked[min(k, len(ranked)) - 1]
-    return {r.path for r in scored if r.score is not None and not _better(kth, r.score, mode)}
+    strictly_better = {r.path for r in scored if r.score is not None and _better(r.score, kth, mode)}
+    at_least_kth = {r.path for r in scored if r.score is not None and not _better(kth, r.score, mode)}
+    assert strictly_better <= best <= at_least_kth
+    assert len(best) == min(len(at_least_kth), max(k, cap))
+    return best
 
 
 @PROPS
@@ -184,8 +194,8 @@ def test_retention_invariants(
     assert not plan.keep & plan.delete
     assert set(plan.reasons) == paths
 
-    # Study best (incl. co-best ties at the K-th score) is never deleted.
-    study_best = _best_k_with_ties(records, policy.keep_best_k, mode)
+    # Study best (co-best ties at the K-th score, keep_best_k_max in all) is never deleted.
+    study_best = _best_k_with_ties(records, policy.keep_best_k, mode, policy.keep_best_k_max)
     assert study_best <= plan.keep
     scored = [r for r in records if r.score is not None]
     if scored:
@@ -194,7 +204,8 @@ def test_retention_invariants(
             if mode == "max"
             else min(r.score for r in scored if r.score is not None)
         )
-        assert {r.path for r in scored if r.score == top} <= plan.keep
+        tied_top = {r.path for r in scored if r.score == top}
+        assert len(tied_top & plan.keep) >= min(len(tied_top), policy.keep_best_k_max)
 
     # Each running trial keeps its newest checkpoint (hence >= 1).
     newest = {max(rs, key=lambda r: r.index).path for rs in running.values()}
@@ -223,7 +234,7 @@ def test_retention_invariants(
     # Bounded independently of the number of finished trials.
     bound = len(study_best)
     for rs in running.values():
-        trial_best = _best_k_with_ties(rs, policy.keep_best_k, mode)
+        trial_best = _best_k_with_ties(rs, policy.keep_best_k, mode, policy.keep_best_k_max)
         bound += policy.keep_last_n + 1 + max(policy.keep_best_k, len(trial_best))
     assert len(plan.keep) <= bound
 
@@ -276,3 +287,12 @@ def test_single_best_invariants(records: list[CheckpointRecord], mode: str) -> N
         len(plan.keep)
         <= len([t for t in trials.values() if not all(r.trial_finished for r in t)]) + 1
     )
+
+
+def test_many_exact_ties_keep_at_most_keep_best_k_max() -> None:
+    # A small validation set gives few distinct scores: 50 finished trials all at 0.5.
+    records = [rec(f"t{i:02d}", 1, 0.5, finished=True) for i in range(50)]
+    plan = plan_retention(records, RetentionPolicy(keep_last_n=0, keep_best_k=1, keep_best_k_max=2))
+    assert plan.keep == {"t00/checkpoint_000001", "t01/checkpoint_000001"}
+    single = plan_retention(records, RetentionPolicy(keep_last_n=0, keep_best_k=1, keep_best_k_max=1))
+    assert len(single.keep) == 1

@@ -1,7 +1,7 @@
 """What to keep: a pure retention decision over checkpoint records (no I/O).
 
-Rules (see :func:`plan_retention`): the study's best K checkpoints (ties kept)
-are protected; a running trial keeps its newest checkpoint (its resume point),
+Rules (see :func:`plan_retention`): the study's best K checkpoints (ties kept, up to
+``keep_best_k_max`` in all) are protected; a running trial keeps its newest checkpoint (its resume point),
 its last N and its best K; a finished trial keeps only what is in the study's
 best set, so disk use stays flat in the number of trials; then a size cap drops
 unprotected checkpoints oldest first.
@@ -104,16 +104,22 @@ def _has_score(r: CheckpointRecord) -> bool:
     return r.score is not None and not math.isnan(r.score)
 
 
-def _best_with_ties(records: Iterable[CheckpointRecord], k: int, mode: Mode) -> set[str]:
-    """Paths of the best ``k`` scored records, plus every record tied with the k-th."""
+def _best_with_ties(records: Iterable[CheckpointRecord], k: int, mode: Mode, cap: int) -> set[str]:
+    """Paths of the best ``k`` scored records, plus records tied with the k-th, ``cap`` in all.
+
+    Ties are co-best and kept, but never more than ``cap`` (``keep_best_k_max``) records:
+    a study whose metric takes few values (a small validation set) would otherwise keep
+    every tied checkpoint of every trial, and its disk use would grow with the number of
+    trials. Among equal scores the earlier epoch wins, then the trial id (deterministic).
+    """
     scored = [r for r in records if _has_score(r)]
     if k <= 0 or not scored:
         return set()
-    ranked = sorted((r.score for r in scored if r.score is not None), reverse=(mode == "max"))
-    threshold = ranked[min(k, len(ranked)) - 1]
-    if mode == "max":
-        return {r.path for r in scored if r.score is not None and r.score >= threshold}
-    return {r.path for r in scored if r.score is not None and r.score <= threshold}
+    sign = -1.0 if mode == "max" else 1.0
+    ranked = sorted(scored, key=lambda r: (sign * float(r.score or 0.0), r.index, r.trial_id, r.path))
+    threshold = ranked[min(k, len(ranked)) - 1].score
+    best = ranked[:k] + [r for r in ranked[k:] if r.score == threshold]
+    return {r.path for r in best[:max(k, cap)]}
 
 
 def _check(records: Sequence[CheckpointRecord], mode: str) -> None:
@@ -147,7 +153,7 @@ def protected_paths(
     """Study best set (ties kept) plus the newest checkpoint of each running trial."""
     _check(records, mode)
     return frozenset(
-        _best_with_ties(records, policy.keep_best_k, mode) | _newest_of_running(records)
+        _best_with_ties(records, policy.keep_best_k, mode, policy.keep_best_k_max) | _newest_of_running(records)
     )
 
 
@@ -157,7 +163,7 @@ def plan_retention(
     """Decide which checkpoints to keep.
 
     (a) the study's best ``keep_best_k`` over all records, ties at the K-th score
-    included, are protected; (b) a running trial (any record not finished) keeps
+    included up to ``keep_best_k_max`` records in all, are protected; (b) a running trial (any record not finished) keeps
     its newest checkpoint (protected), its last ``keep_last_n`` by index and its
     best ``keep_best_k`` (ties kept); (c) a finished trial keeps only records in
     the study best set; (d) None/NaN scores are never best; (e) if kept bytes
@@ -167,7 +173,7 @@ def plan_retention(
     """
     _check(records, mode)
     reasons: dict[str, str] = {}
-    study_best = _best_with_ties(records, policy.keep_best_k, mode)
+    study_best = _best_with_ties(records, policy.keep_best_k, mode, policy.keep_best_k_max)
     newest = _newest_of_running(records)
     keep: set[str] = set()
     for r in records:
@@ -182,7 +188,7 @@ def plan_retention(
             continue
         by_index = sorted(trial, key=lambda r: r.index, reverse=True)
         last_n = {r.path for r in by_index[: policy.keep_last_n]}
-        best_k = _best_with_ties(trial, policy.keep_best_k, mode)
+        best_k = _best_with_ties(trial, policy.keep_best_k, mode, policy.keep_best_k_max)
         for r in trial:
             if r.path in keep:
                 continue
