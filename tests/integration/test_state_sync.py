@@ -64,9 +64,10 @@ def test_a_trial_killed_before_its_first_report_is_resumed_not_resampled(tmp_pat
         wait_for(lambda: study.is_dir() and any(study.glob("*/trial_config.yaml")), 120, "trial 1 started", proc,
                  log)
         (first,) = [p.parent for p in study.glob("*/trial_config.yaml")]
-        # The trial is paused before any report: only the sync on trial add can have saved it.
-        wait_for(lambda: any(first.name == e["state"].get("relative_logdir") for e in _saved_trials(study)),
-                 60, "Tune's saved state lists the new trial", proc, log)
+        # The trial is paused before any report: only the sync before its start can have saved
+        # it, and that sync was waited for before the trial's actor started.
+        assert any(first.name == e["state"].get("relative_logdir") for e in _saved_trials(study)), \
+            "Tune's saved state lists the new trial and its folder before the trial starts"
         assert not (first / "result.json").exists(), "the trial has not reported yet"
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
