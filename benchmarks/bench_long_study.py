@@ -11,7 +11,8 @@ a trial's wall time is the time between two completions (harness included). Prin
 * mean wall time per trial of the first and the last 100 trials (after the first,
   which starts the worker) and their ratio (target <= 1.2);
 * state size and the slowest rewrite around 100 trials and at the end;
-* number of rewrites per trial, total wall time, study disk at the end.
+* number of rewrites per trial, total wall time, study disk at the end, and the live
+  checkpoint bytes after 10, 100, 300, 600 and all trials (flat when retention works).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def live_checkpoint_bytes(study: Path) -> int:
+    return sum(du(p) for p in study.glob("*/checkpoint_*"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=1000)
@@ -45,6 +50,8 @@ def main() -> None:
 
     rewrites: list[tuple[int, float, int]] = []  # (finished trials, seconds, state bytes)
     finished: list[float] = []
+    disk: dict[int, int] = {}  # finished trials -> bytes of live checkpoints (sampled)
+    storage = Path(args.storage or tempfile.mkdtemp(prefix="bench_long_"))
 
     original_save = TuneController.save_to_dir
 
@@ -59,11 +66,12 @@ def main() -> None:
     def on_trial_complete(self: Any, *a: Any, **kw: Any) -> None:
         finished.append(time.perf_counter())
         original_complete(self, *a, **kw)
+        if len(finished) in {10, 100, 300, 600} or len(finished) == args.trials:
+            disk[len(finished)] = live_checkpoint_bytes(storage / "long")
 
     TuneController.save_to_dir = save_to_dir  # type: ignore[method-assign]
     ProgressCallback.on_trial_complete = on_trial_complete  # type: ignore[method-assign]
 
-    storage = Path(args.storage or tempfile.mkdtemp(prefix="bench_long_"))
     start = time.perf_counter()
     rc = run.main([*DEFAULTS, *args.overrides, f"tune.num_samples={args.trials}",
                    f"tune.storage_path={storage}", "tune.name=long"])
@@ -88,6 +96,8 @@ def main() -> None:
     print(f"state rewrites: {len(rewrites)} ({len(rewrites) / max(len(finished), 1):.1f} per trial), "
           f"total {sum(r[1] for r in rewrites):.1f} s; largest {max(r[1] for r in rewrites) * 1000:.0f} ms")
     study = storage / "long"
+    print("live checkpoint bytes after N trials (flat = retention bounds the disk): "
+          + ", ".join(f"{n}: {b / 1e6:.1f} MB" for n, b in sorted(disk.items())))
     print(f"study folder {du(study) / 1e6:.1f} MB; checkpoints "
           f"{sum(du(p) for p in study.glob('*/checkpoint_*')) / 1e6:.1f} MB ({storage})")
 
