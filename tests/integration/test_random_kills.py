@@ -16,7 +16,7 @@ import json
 import os
 import random
 import signal
-import subprocess
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,8 @@ from tune_app.tracking.mlflow_callback import TRIAL_ID_TAG
 
 pytestmark = pytest.mark.slow
 SAMPLES, EPOCHS = 3, 2
-MAX_DELAY_S = 15.0
+FIRST_STARTUP_GUESS_S = 15.0  # until the test has seen how long a resume takes to train here
+TRAINING_WINDOW_S = 12.0
 
 
 def _trial_folders(study: Path) -> list[Path]:
@@ -101,6 +102,8 @@ def test_random_sigkills_over_whole_studies_then_resume(tmp_path: Path) -> None:
     done = resumes = restarts_checked = 0
     began = time.monotonic()
     studies = 0
+    startups = [FIRST_STARTUP_GUESS_S]
+    seen_progress = False
     while done < kills:
         study = storage / f"chaos{studies}"
         studies += 1
@@ -115,18 +118,26 @@ def test_random_sigkills_over_whole_studies_then_resume(tmp_path: Path) -> None:
             if done >= kills:  # the kills are used up: run this study to its end
                 assert run(args, log) == 0, f"seed {seed}, {study.name}\n{tail(log)}"
                 break
-            delay = rng.uniform(0.0, MAX_DELAY_S)
+            # Uniform over the command's start-up (as long as it takes on this machine, learnt
+            # from the commands so far) and some training after it.
+            delay = rng.uniform(0.0, statistics.median(startups) + TRAINING_WINDOW_S)
             before = _progress(study)
             with log.open("a") as fh:
                 fh.write(f"\n===== {study.name}: kill {done + 1}/{kills} of {args[0]}... after {delay:.2f} s\n")
             proc = start_run(args, log)
+            began_command = time.monotonic()
+            rc: int | None = None
             try:
-                rc: int | None = proc.wait(timeout=delay)
-            except subprocess.TimeoutExpired:
-                rc = None
-                os.killpg(proc.pid, signal.SIGKILL)
+                while (rc := proc.poll()) is None and time.monotonic() - began_command < delay:
+                    if len(startups) < 50 and resumed and _progress(study) > before and not seen_progress:
+                        seen_progress = True
+                        startups.append(time.monotonic() - began_command)
+                    time.sleep(0.2)
+                if rc is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
             finally:
                 end_group(proc, grace=5)
+            seen_progress = False
             if rc is not None:  # ended on its own before its kill: the study is complete
                 assert rc == 0, f"seed {seed}, {study.name}: a command ended with {rc}\n{tail(log)}"
                 complete = True
@@ -138,6 +149,7 @@ def test_random_sigkills_over_whole_studies_then_resume(tmp_path: Path) -> None:
                               for t in _trial_folders(study)})
         restarts_checked += _check_study(storage, study, seed, snapshots)
     wall = time.monotonic() - began
-    print(f"random kills: {done} kills over {studies} studies ({resumes} resumes), wall {wall:.0f} s; "
+    print(f"random kills: {done} kills over {studies} studies ({resumes} resumes), wall {wall:.0f} s, resume "
+          f"start-up median {statistics.median(startups):.1f} s; "
           f"where they landed: {landed}; {restarts_checked} restarts had a valid checkpoint and resumed from "
           f"the newest")

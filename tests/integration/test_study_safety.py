@@ -137,7 +137,7 @@ def test_moved_and_copied_study_folders(tmp_path: Path) -> None:
     storage, log = tmp_path / "first", tmp_path / "run.log"
     study = storage / "mobile"
     args = [*BASE, "tune.num_samples=3", "tune.max_epochs=1", f"tune.storage_path={storage}", "tune.name=mobile"]
-    proc = start_run(args, log)
+    proc = _start_paused(args, log, "trial_start=4")  # time to interrupt it after trial 1
     try:
         wait_for(lambda: study.is_dir() and any((t / "result.json").is_file() for t in trial_dirs(study)), 300,
                  "trial 1 reported", proc, log)
