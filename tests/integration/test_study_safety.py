@@ -59,15 +59,21 @@ def _check_complete(storage: Path, study: Path, samples: int, epochs: int) -> li
     return trials
 
 
+def _study(tmp_path: Path, name: str, samples: int, epochs: int) -> tuple[Path, Path, Path, list[str]]:
+    """(storage, study folder, log, start arguments) of a small study ``name``."""
+    storage = tmp_path / "s"
+    args = [*BASE, f"tune.num_samples={samples}", f"tune.max_epochs={epochs}", f"tune.storage_path={storage}",
+            f"tune.name={name}"]
+    return storage, storage / name, tmp_path / "run.log", args
+
+
 def _cli(module: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=study_env(), capture_output=True,
                           text=True, timeout=300)
 
 
 def test_a_kill_during_start_up_is_resumed_by_one_command(tmp_path: Path) -> None:
-    storage, log = tmp_path / "s", tmp_path / "run.log"
-    study = storage / "startup"
-    args = [*BASE, "tune.num_samples=2", "tune.max_epochs=1", f"tune.storage_path={storage}", "tune.name=startup"]
+    storage, study, log, args = _study(tmp_path, "startup", samples=2, epochs=1)
     proc = _start_paused(args, log, "prepare=120")
     try:
         wait_for(lambda: (study / "study_config.yaml").is_file(), 120, "study_config.yaml written", proc, log)
@@ -86,9 +92,7 @@ def test_a_kill_during_start_up_is_resumed_by_one_command(tmp_path: Path) -> Non
 
 
 def test_a_checkpoint_tune_never_saw_is_resumed_from_and_its_epoch_reported_once(tmp_path: Path) -> None:
-    storage, log = tmp_path / "s", tmp_path / "run.log"
-    study = storage / "unseen"
-    args = [*BASE, "tune.num_samples=1", "tune.max_epochs=3", f"tune.storage_path={storage}", "tune.name=unseen"]
+    storage, study, log, args = _study(tmp_path, "unseen", samples=1, epochs=3)
     proc = _start_paused(args, log, "report=120")
     try:
         wait_for(lambda: any(study.glob("*/checkpoint_000000/manifest.json")), 240, "epoch 1 saved", proc, log)
@@ -108,9 +112,7 @@ def test_a_checkpoint_tune_never_saw_is_resumed_from_and_its_epoch_reported_once
 
 
 def test_a_second_command_on_a_running_study_is_refused(tmp_path: Path) -> None:
-    storage, log = tmp_path / "s", tmp_path / "run.log"
-    study = storage / "busy"
-    args = [*BASE, "tune.num_samples=2", "tune.max_epochs=1", f"tune.storage_path={storage}", "tune.name=busy"]
+    storage, study, log, args = _study(tmp_path, "busy", samples=2, epochs=1)
     proc = _start_paused(args, log, "trial_start=120")
     try:
         wait_for(lambda: any(study.glob("*/trial_config.yaml")), 180, "trial 1 started", proc, log)
