@@ -28,7 +28,7 @@ from tune_app.checkpoints.store import checkpoint_index, is_tombstone, verify_ch
 from tune_app.tracking.mlflow_callback import TRIAL_ID_TAG
 
 pytestmark = pytest.mark.slow
-SAMPLES, EPOCHS = 3, 2
+SAMPLES, EPOCHS = 3, 3
 FIRST_STARTUP_GUESS_S = 15.0  # until the test has seen how long a resume takes to train here
 TRAINING_WINDOW_S = 12.0
 
@@ -107,7 +107,7 @@ def test_random_sigkills_over_whole_studies_then_resume(tmp_path: Path) -> None:
     while done < kills:
         study = storage / f"chaos{studies}"
         studies += 1
-        start = ["model=tiny", "data.num_posts=20", f"tune.num_samples={SAMPLES}", f"tune.max_epochs={EPOCHS}",
+        start = ["model=tiny", "data.num_posts=60", f"tune.num_samples={SAMPLES}", f"tune.max_epochs={EPOCHS}",
                  "evaluation.on_finish=false", f"tune.storage_path={storage}", f"tune.name={study.name}"]
         snapshots: list[dict[str, tuple[str | None, int]]] = []
         complete = False
