@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tune_app.checkpoints.failpoints import pause
-from tune_app.config import ConfigError, load_study_config
+from tune_app.config import AppConfig, ConfigError, load_study_config
 from tune_app.study_lock import StudyLockedError, study_lock
 from tune_app.tracking.sanitize import sanitize
 
@@ -42,15 +42,19 @@ def find_studies(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob(STUDY_CONFIG) if p.is_file())
 
 
+def _check_config(study: Path) -> AppConfig:
+    try:
+        return load_study_config(study)
+    except ConfigError as exc:
+        raise CleanupError(f"--study {study}: {exc}") from exc
+
+
 def scan(study: Path, *, tmp_min_age_s: float) -> CleanupReport:
     """Cleanup report of one study, using its own metric, mode and retention policy."""
     from tune_app.checkpoints.cleanup_scan import scan_study
     from tune_app.checkpoints.retention import Mode, RetentionPolicy
 
-    try:
-        cfg = load_study_config(study)
-    except ConfigError as exc:
-        raise CleanupError(f"--study {study}: {exc}") from exc
+    cfg = _check_config(study)
     r = cfg.retention
     policy = RetentionPolicy(keep_last_n=r.keep_last_n, keep_best_k=r.keep_best_k,
                              keep_best_k_max=r.keep_best_k_max, max_total_size_gb=r.max_total_size_gb)
@@ -113,6 +117,7 @@ def _cleanup(args: argparse.Namespace) -> int:
                 return 0
         if args.execute:  # deleting needs the study to itself: a running study refuses
             for s in studies:
+                _check_config(s)  # a broken config fails before any lock file is made
                 locks.enter_context(study_lock(s, command="python -m tune_app.cleanup --execute"))
         reports = [(s, scan(s, tmp_min_age_s=args.tmp_min_age)) for s in studies]
     except (CleanupError, StudyLockedError) as exc:

@@ -74,8 +74,8 @@ def _run(args: list[str]) -> int:
         if not study_dir.is_dir():
             raise ConfigError(f"resume={target}: no such folder. Pass the study folder "
                               "<tune.storage_path>/<tune.name> that `python -m tune_app.run` printed")
+        cfg = load_study_config(study_dir)  # a folder that is no study gets no lock file either
         with study_lock(study_dir):
-            cfg = load_study_config(study_dir)
             # The study may have been moved: trust the folder we were given.
             cfg.tune.storage_path, cfg.tune.name = str(study_dir.parent), study_dir.name
             return _resume(cfg)
