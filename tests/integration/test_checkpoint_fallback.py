@@ -120,9 +120,11 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_valid_one(stopped:
                                                                         tmp_path: Path) -> None:
     storage, study, trial2 = _restore(stopped)
     newest = _tune_latest(trial2)
-    previous = [c for c in _valid(trial2) if (checkpoint_index(c) or 0) < (checkpoint_index(newest) or 0)][-1]
     _flip_byte(newest / MODEL_FILE)
     assert not verify_checkpoint(newest).ok
+    # The newest valid one left: the previous of Tune's latest, or a later folder that the
+    # SIGINT kept Tune from registering (the trial resumes from the newest valid checkpoint).
+    previous = max(_valid(trial2), key=lambda c: checkpoint_index(c) or 0)
     log = tmp_path / "resume.log"
     assert run([f"resume={study}"], log) == 0, tail(log)
     text = log.read_text(errors="replace")
