@@ -30,22 +30,29 @@ import time
 ENV_VAR = "TUNE_APP_FAILPOINTS"
 
 
-def _parse(spec: str) -> dict[str, float]:
-    points: dict[str, float] = {}
+def _seconds(spec: str, name: str) -> float:
+    """The seconds ``spec`` sets for point ``name`` (0 when it is not named).
+
+    Only the item of ``name`` is parsed: a malformed item fails the point it names, where
+    it is used, not every other point (the driver's ``prepare`` must not fail on a trial's).
+    """
+    seconds = 0.0
     for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, _, seconds = item.partition("=")
+        point, _, value = item.partition("=")
+        if point.strip() != name:
+            continue
         try:
-            points[name.strip()] = float(seconds)
+            seconds = float(value)
         except ValueError:
             raise ValueError(f"{ENV_VAR}: {item!r} is not name=seconds (e.g. save=0.5)") from None
-    return points
+    return seconds
 
 
 def pause(name: str) -> None:
     """Sleep at failpoint ``name`` if ``TUNE_APP_FAILPOINTS`` names it."""
     spec = os.environ.get(ENV_VAR)
     if spec:
-        seconds = _parse(spec).get(name, 0.0)
+        seconds = _seconds(spec, name)
         if seconds > 0:
             time.sleep(seconds)
 
@@ -53,4 +60,4 @@ def pause(name: str) -> None:
 def triggered(name: str) -> bool:
     """True when ``TUNE_APP_FAILPOINTS`` sets point ``name`` to a value > 0."""
     spec = os.environ.get(ENV_VAR)
-    return spec is not None and _parse(spec).get(name, 0.0) > 0
+    return spec is not None and _seconds(spec, name) > 0
