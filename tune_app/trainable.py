@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -356,6 +357,38 @@ def _previous_starts(trial_dir: Path) -> list[dict[str, Any]]:
         return []
 
 
+_WATCHING_PARENT: list[int] = []
+
+
+def exit_with_ray_node(poll_s: float = 0.5) -> None:
+    """End this worker within ``poll_s`` once the Ray node that started it is gone.
+
+    A SIGKILL of the study's driver takes its Ray node (raylet) with it, but a trial worker
+    in the middle of an epoch only notices at its next call into Ray, after it may have saved
+    one more checkpoint into a study that the next ``resume=`` already owns. So each worker
+    watches its parent (the raylet) once per process and exits as soon as it is replaced.
+    """
+    if _WATCHING_PARENT:
+        return
+    parent = os.getppid()
+    try:
+        import psutil
+
+        if "raylet" not in psutil.Process(parent).name():
+            return  # not a Ray worker (e.g. called in-process by a test)
+    except Exception:  # noqa: BLE001 - psutil missing or the parent already gone: no watchdog
+        return
+    _WATCHING_PARENT.append(parent)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="tune_app-ray-node-watchdog", daemon=True).start()
+
+
 # --- the trainable --------------------------------------------------------------------
 def train_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
     """Ray Tune function trainable: train one sampled config, report every epoch.
@@ -368,6 +401,7 @@ def train_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
     from tune_app.tracking.sanitize import install_std_streams, sanitized_exception
 
     install_std_streams()
+    exit_with_ray_node()
     try:
         _run_trial(params, app_config)
     except Exception as exc:
