@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.integration.study_tools import REPO, end_group, study_env
+from tests.integration.study_tools import REPO, end_group, study_env, tmpfs
 from tune_app import cleanup, evaluate, run
 from tune_app.checkpoints.store import TMP_PREFIX
 from tune_app.config import compose
@@ -145,14 +145,8 @@ def _read_only_dir(path: Path) -> Iterator[Path]:
         yield path
         path.chmod(0o755)
         return
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs: {proc.stderr.strip()}")
-    try:
+    with tmpfs(path, "ro,size=1m"):
         yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def places(tmp: Path, stack: contextlib.ExitStack, argv: str) -> dict[str, str]:
