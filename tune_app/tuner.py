@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -376,6 +377,21 @@ def run_study(cfg: AppConfig, *, resume: bool) -> StudyOutcome:
 
 
 def study_status(cfg: AppConfig) -> StudyOutcome:
-    """Outcome of a saved study without running anything (restore + ``get_results``)."""
+    """Outcome of a saved study without running anything (restore + ``get_results``).
+
+    A trial whose own files say it ended, but which Tune's saved state still holds as
+    running (killed after its last epoch, before Tune took that result), keeps the study
+    from counting as complete: the resume must run it, so its last results reach Tune and
+    MLflow (the trainable reports them again).
+    """
+    from ray.tune.experiment import Trial
+
     _ray_init(cfg)
-    return summarise(restore_tuner(cfg).get_results(), cfg)
+    results = restore_tuner(cfg).get_results()
+    outcome = summarise(results, cfg)
+    unseen = [t for t in _tune_trials(results) if t.status not in (Trial.TERMINATED, Trial.ERROR)]
+    if unseen and outcome.complete:
+        logger.info("%d trial(s) ended after Tune's last saved state: resuming to hand Tune their results",
+                    len(unseen))
+        return dataclasses.replace(outcome, terminated=outcome.terminated - len(unseen))
+    return outcome

@@ -91,8 +91,12 @@ def test_a_kill_during_start_up_is_resumed_by_one_command(tmp_path: Path) -> Non
     _check_complete(storage, study, samples=2, epochs=1)
 
 
-def test_a_checkpoint_tune_never_saw_is_resumed_from_and_its_epoch_reported_once(tmp_path: Path) -> None:
-    storage, study, log, args = _study(tmp_path, "unseen", samples=1, epochs=3)
+@pytest.mark.parametrize("epochs", [3, 1], ids=["mid-trial", "last-epoch"])
+def test_a_checkpoint_tune_never_saw_is_resumed_from_and_its_epoch_reported_once(tmp_path: Path,
+                                                                                  epochs: int) -> None:
+    # last-epoch: the trial's own files say it finished, Tune's state says it runs; the study is
+    # not complete until Tune and MLflow have that last result.
+    storage, study, log, args = _study(tmp_path, "unseen", samples=1, epochs=epochs)
     proc = _start_paused(args, log, "report=120")
     try:
         wait_for(lambda: any(study.glob("*/checkpoint_000000/manifest.json")), 240, "epoch 1 saved", proc, log)
@@ -103,12 +107,12 @@ def test_a_checkpoint_tune_never_saw_is_resumed_from_and_its_epoch_reported_once
     assert not (trial / "result.json").exists() or not (trial / "result.json").read_text().strip()
     resume_log = tmp_path / "resume.log"
     assert run([f"resume={study}"], resume_log) == 0, tail(resume_log)
-    (trial,) = _check_complete(storage, study, samples=1, epochs=3)
+    (trial,) = _check_complete(storage, study, samples=1, epochs=epochs)
     last = trial_state(trial)["starts"][-1]
     assert (last["start_epoch"], last["resumed_from"]) == (2, "checkpoint_000000"), trial_state(trial)["starts"]
-    epochs = [json.loads(line)["epoch"] for line in (trial / "result.json").read_text().splitlines() if line]
-    assert epochs == [1, 2, 3], f"Tune's results of the trial: {epochs}"
-    assert sorted(p.name for p in trial.glob("checkpoint_*")) == [f"checkpoint_00000{i}" for i in range(3)]
+    reported = [json.loads(line)["epoch"] for line in (trial / "result.json").read_text().splitlines() if line]
+    assert reported == list(range(1, epochs + 1)), f"Tune's results of the trial: {reported}"
+    assert sorted(p.name for p in trial.glob("checkpoint_*")) == [f"checkpoint_00000{i}" for i in range(epochs)]
 
 
 def test_a_second_command_on_a_running_study_is_refused(tmp_path: Path) -> None:
