@@ -265,7 +265,7 @@ def _interrupt(args: list[str], ready: Callable[[str], bool], tmp: Path) -> tupl
                 assert time.monotonic() < deadline, "never reached the failpoint"
                 time.sleep(0.2)
             proc.send_signal(signal.SIGINT)
-            code = proc.wait(timeout=60)
+            code = proc.wait(timeout=180)  # generous: a loaded CI machine
         finally:
             end_group(proc, grace=1)
     return code, out_path.read_text(), err_path.read_text()
