@@ -37,12 +37,15 @@ def pin_scheduler(args: list[str]) -> list[str]:
     return [*args, "tune.scheduler=fifo"]
 
 
-def start_run(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def start_run(args: list[str], log: Path, failpoints: str | None = None) -> subprocess.Popen[bytes]:
     """``python -m tune_app.run ARGS`` in its own process group, output to ``log`` (FIFO unless
-    ``args`` name a scheduler: see :func:`pin_scheduler`)."""
+    ``args`` name a scheduler: see :func:`pin_scheduler`); ``failpoints`` sets ``TUNE_APP_FAILPOINTS``."""
     args = pin_scheduler(args)
+    env = study_env()
+    if failpoints is not None:
+        env["TUNE_APP_FAILPOINTS"] = failpoints
     fh = log.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "tune_app.run", *args], cwd=REPO, env=study_env(),
+    return subprocess.Popen([sys.executable, "-m", "tune_app.run", *args], cwd=REPO, env=env,
                             stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
 
 

@@ -55,11 +55,7 @@ def _saved_trials(study: Path) -> list[dict[str, Any]]:
 def test_a_trial_killed_before_its_first_report_is_resumed_not_resampled(tmp_path: Path) -> None:
     storage, log = tmp_path / "s", tmp_path / "run.log"
     study = storage / "redsm5_study"
-    os.environ["TUNE_APP_FAILPOINTS"] = "trial_start=120"
-    try:
-        proc = start_run([*BASE, f"tune.storage_path={storage}"], log)
-    finally:
-        del os.environ["TUNE_APP_FAILPOINTS"]
+    proc = start_run([*BASE, f"tune.storage_path={storage}"], log, failpoints="trial_start=120")
     try:
         wait_for(lambda: study.is_dir() and any(study.glob("*/trial_config.yaml")), 120, "trial 1 started", proc,
                  log)

@@ -33,14 +33,6 @@ pytestmark = pytest.mark.slow
 BASE = ["model=tiny", "data.num_posts=20", "evaluation.on_finish=false"]
 
 
-def _start_paused(args: list[str], log: Path, failpoints: str) -> subprocess.Popen[bytes]:
-    os.environ["TUNE_APP_FAILPOINTS"] = failpoints
-    try:
-        return start_run(args, log)
-    finally:
-        del os.environ["TUNE_APP_FAILPOINTS"]
-
-
 def _check_complete(storage: Path, study: Path, samples: int, epochs: int) -> list[Path]:
     trials = trial_dirs(study)
     assert len(trials) == samples, [t.name for t in trials]
@@ -74,7 +66,7 @@ def _cli(module: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_a_kill_during_start_up_is_resumed_by_one_command(tmp_path: Path) -> None:
     storage, study, log, args = _study(tmp_path, "startup", samples=2, epochs=1)
-    proc = _start_paused(args, log, "prepare=120")
+    proc = start_run(args, log, failpoints="prepare=120")
     try:
         wait_for(lambda: (study / "study_config.yaml").is_file(), 120, "study_config.yaml written", proc, log)
         os.killpg(proc.pid, signal.SIGKILL)
@@ -97,7 +89,7 @@ def test_a_checkpoint_tune_never_saw_is_resumed_from_and_its_epoch_reported_once
     # last-epoch: the trial's own files say it finished, Tune's state says it runs; the study is
     # not complete until Tune and MLflow have that last result.
     storage, study, log, args = _study(tmp_path, "unseen", samples=1, epochs=epochs)
-    proc = _start_paused(args, log, "report=120")
+    proc = start_run(args, log, failpoints="report=120")
     try:
         wait_for(lambda: any(study.glob("*/checkpoint_000000/manifest.json")), 240, "epoch 1 saved", proc, log)
         os.killpg(proc.pid, signal.SIGKILL)  # the trial waits before reporting epoch 1 to Tune
@@ -117,7 +109,7 @@ def test_a_checkpoint_tune_never_saw_is_resumed_from_and_its_epoch_reported_once
 
 def test_a_second_command_on_a_running_study_is_refused(tmp_path: Path) -> None:
     storage, study, log, args = _study(tmp_path, "busy", samples=2, epochs=1)
-    proc = _start_paused(args, log, "trial_start=120")
+    proc = start_run(args, log, failpoints="trial_start=120")
     try:
         wait_for(lambda: any(study.glob("*/trial_config.yaml")), 180, "trial 1 started", proc, log)
         for command in (["tune_app.run", f"resume={study}"], ["tune_app.evaluate", "--study", str(study)],
@@ -143,7 +135,7 @@ def test_moved_and_copied_study_folders(tmp_path: Path) -> None:
     storage, log = tmp_path / "first", tmp_path / "run.log"
     study = storage / "mobile"
     args = [*BASE, "tune.num_samples=3", "tune.max_epochs=1", f"tune.storage_path={storage}", "tune.name=mobile"]
-    proc = _start_paused(args, log, "trial_start=4")  # time to interrupt it after trial 1
+    proc = start_run(args, log, failpoints="trial_start=4")  # time to interrupt it after trial 1
     try:
         wait_for(lambda: study.is_dir() and any((t / "result.json").is_file() for t in trial_dirs(study)), 300,
                  "trial 1 reported", proc, log)
