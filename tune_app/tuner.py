@@ -44,6 +44,9 @@ class StudyOutcome:
     #: Trials the early-stopping scheduler ended before their planned epochs (an outcome, not an error);
     #: ``terminated`` counts the finished ones only.
     stopped: int = 0
+    #: Trials Tune's saved state still holds as running (their own files may say they ended):
+    #: a resume must run them so their last results reach Tune and MLflow.
+    pending_in_tune: int = 0
 
     @property
     def errored(self) -> int:
@@ -60,7 +63,7 @@ class StudyOutcome:
 
     @property
     def complete(self) -> bool:
-        return self.ended >= self.num_samples and self.errored == 0
+        return self.ended >= self.num_samples and self.errored == 0 and self.pending_in_tune == 0
 
     @property
     def counts_line(self) -> str:
@@ -390,8 +393,4 @@ def study_status(cfg: AppConfig) -> StudyOutcome:
     results = restore_tuner(cfg).get_results()
     outcome = summarise(results, cfg)
     unseen = [t for t in _tune_trials(results) if t.status not in (Trial.TERMINATED, Trial.ERROR)]
-    if unseen and outcome.complete:
-        logger.info("%d trial(s) ended after Tune's last saved state: resuming to hand Tune their results",
-                    len(unseen))
-        return dataclasses.replace(outcome, terminated=outcome.terminated - len(unseen))
-    return outcome
+    return dataclasses.replace(outcome, pending_in_tune=len(unseen))
