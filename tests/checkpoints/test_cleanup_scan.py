@@ -146,3 +146,21 @@ def test_torn_state_write_temps_are_listed_and_removed(study: Path) -> None:
     assert real not in [c.path for c in report.candidates]
     execute(report)
     assert not torn.exists() and real.read_bytes() == b"complete"
+
+
+def test_remove_torn_temps_deletes_only_what_killed_writers_left(tmp_path: Path) -> None:
+    from tune_app.checkpoints.cleanup_scan import remove_torn_temps
+
+    trial = tmp_path / "trial_a"
+    (trial / "tmp-0123abcd").mkdir(parents=True)  # a checkpoint save cut short
+    (trial / "tmp-0123abcd" / "model.safetensors").write_bytes(b"x")
+    (tmp_path / ".experiment_state-1.json.tmp-9f").write_text("{")  # a torn atomic write of Tune's
+    keep = [tmp_path / "study_config.yaml", tmp_path / ".study.lock", trial / "trial_state.json",
+            trial / "checkpoint_000000" / "state.json"]
+    for path in keep:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    removed = {p.relative_to(tmp_path).as_posix() for p in remove_torn_temps(tmp_path)}
+    assert removed == {"trial_a/tmp-0123abcd", ".experiment_state-1.json.tmp-9f"}
+    assert all(p.exists() for p in keep)
+    assert not (trial / "tmp-0123abcd").exists()
