@@ -18,6 +18,7 @@ a trial's wall time is the time between two completions (harness included). Prin
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -43,22 +44,34 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
     from ray.tune.execution.tune_controller import TuneController
 
-    from tune_app import run
+    from tune_app import run, tuner
     from tune_app.tracking.progress import ProgressCallback
 
     rewrites: list[tuple[int, float, int]] = []  # (finished trials, seconds, state bytes)
+    syncs: list[tuple[int, float]] = []  # (finished trials, seconds the controller waited for a sync)
     finished: list[float] = []
     disk: dict[int, int] = {}  # finished trials -> bytes of live checkpoints (sampled)
     storage = Path(args.storage or tempfile.mkdtemp(prefix="bench_long_"))
 
+    tuner._env_for_tune()  # the study's own patches of Tune first: the timers below wrap them
     original_save = TuneController.save_to_dir
+    original_sync = _ExperimentCheckpointManager.sync_up_experiment_state
 
+    @functools.wraps(original_sync)
+    def sync_up_experiment_state(self: Any, *a: Any, **kw: Any) -> Any:
+        start = time.perf_counter()
+        out = original_sync(self, *a, **kw)
+        syncs.append((len(finished), time.perf_counter() - start))
+        return out
+
+    @functools.wraps(original_save)  # keeps state_sync's mark: run.main does not patch it again
     def save_to_dir(self: Any) -> None:
         start = time.perf_counter()
         original_save(self)
-        path = Path(self.experiment_state_path)
+        path = Path(self._storage.experiment_fs_path, self.experiment_state_file_name)
         rewrites.append((len(finished), time.perf_counter() - start, path.stat().st_size if path.exists() else 0))
 
     original_complete = ProgressCallback.on_trial_complete
@@ -70,6 +83,7 @@ def main() -> None:
             disk[len(finished)] = live_checkpoint_bytes(storage / "long")
 
     TuneController.save_to_dir = save_to_dir  # type: ignore[method-assign]
+    _ExperimentCheckpointManager.sync_up_experiment_state = sync_up_experiment_state  # type: ignore[method-assign]
     ProgressCallback.on_trial_complete = on_trial_complete  # type: ignore[method-assign]
 
     start = time.perf_counter()
@@ -93,6 +107,11 @@ def main() -> None:
     for n in sorted({min(100, len(finished)), len(finished)}):
         size, slowest = around(n)
         print(f"at ~{n} trials: experiment state {size / 1e6:.2f} MB, slowest rewrite {slowest * 1000:.0f} ms")
+    early = sum(t for n, t in syncs if 1 <= n <= window) / window
+    late = sum(t for n, t in syncs if n >= len(finished) - window) / window
+    print(f"controller time in state syncs (rewrite + the wait before a trial starts): total "
+          f"{sum(t for _, t in syncs):.1f} s; per trial {early * 1000:.0f} ms in the first {window}, "
+          f"{late * 1000:.0f} ms in the last {window}")
     print(f"state rewrites: {len(rewrites)} ({len(rewrites) / max(len(finished), 1):.1f} per trial), "
           f"total {sum(r[1] for r in rewrites):.1f} s; largest {max(r[1] for r in rewrites) * 1000:.0f} ms")
     study = storage / "long"

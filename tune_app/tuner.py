@@ -179,18 +179,20 @@ def _ray_init(cfg: AppConfig) -> None:
 def _env_for_tune() -> None:
     """Tune's state syncs at bounded cost (see ``state_sync`` and docs/architecture.md):
     on its own adaptive period (~5 % of the time), and forced whenever a trial is added
-    or reports a checkpoint; each trial's entry keeps only its best and latest
-    checkpoint, with only the score of each."""
+    (not after each checkpoint); a rewrite re-encodes only the trials that changed; each
+    trial's entry keeps only its best and latest checkpoint, with only the score of each."""
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "auto")
     os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
     # Trial files go straight to the study (tracking.trial_files), not through each sync.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    from tune_app.state_sync import new_trials_follow_moved_study, sync_state_when_trial_added
+    from tune_app import state_sync
 
-    sync_state_when_trial_added()
-    new_trials_follow_moved_study()
+    state_sync.sync_state_when_trial_added()
+    state_sync.no_forced_sync_per_checkpoint()
+    state_sync.encode_state_incrementally()
+    state_sync.new_trials_follow_moved_study()
 
 
 def make_scheduler(cfg: AppConfig) -> Any:
@@ -230,8 +232,8 @@ def build_tuner(cfg: AppConfig) -> Any:
             storage_filesystem=atomic_storage_filesystem(),
             callbacks=make_callbacks(cfg),
             # Tune's bookkeeping keeps each trial's best and latest checkpoint entry
-            # (num_to_keep=1), so its state stays small, and syncs its state after every
-            # checkpoint. It never deletes checkpoint bytes: the study filesystem ignores
+            # (num_to_keep=1), so its state stays small (the sync Tune would force after
+            # each checkpoint is off: state_sync.no_forced_sync_per_checkpoint). It never deletes checkpoint bytes: the study filesystem ignores
             # its deletes (atomic_fs); RetentionCallback alone decides which bytes stay
             # (and keeps pruned folders as tombstones so Tune's saved state resolves).
             checkpoint_config=tune.CheckpointConfig(
