@@ -104,10 +104,12 @@ def _start(cfg: object) -> int:
     """Prepare the study folder and run the study (the caller holds the study lock)."""
     from tune_app.config import AppConfig
     from tune_app.study import prepare_study
+    from tune_app.tracking.uri import create_sqlite_store
     from tune_app.tuner import discard_unstarted_tune_files, run_study
 
     assert isinstance(cfg, AppConfig)
     meta = prepare_study(cfg)
+    create_sqlite_store(cfg.tracking_uri)  # a kill while MLflow makes its tables leaves no half-made store
     discard_unstarted_tune_files(cfg.study_dir)
     _study_logging(cfg)
     logger.info("study %s: %d trials x %d epochs, model=%s, data=%s (%s), splits %s",
@@ -134,6 +136,7 @@ def _resume(cfg: object) -> int:
     from tune_app.config import AppConfig, ConfigError
     from tune_app.study import ensure_prepared
     from tune_app.tracking.replay import replay_pending
+    from tune_app.tracking.uri import create_sqlite_store
     from tune_app.tuner import can_restore, check_resources, has_tune_state, run_study, study_status
 
     assert isinstance(cfg, AppConfig)
@@ -146,6 +149,7 @@ def _resume(cfg: object) -> int:
                     "config", study)
         return _start(cfg)
     ensure_prepared(cfg)
+    create_sqlite_store(cfg.tracking_uri)
     _study_logging(cfg)
     if not can_restore(study):
         raise ConfigError(f"resume={study}: Tune's tuner.pkl is missing beside its saved state, so Tune cannot "

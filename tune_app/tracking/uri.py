@@ -64,3 +64,42 @@ def tracking_uri_problem(uri: str | None) -> str | None:
             return f"{KEY}={uri!r} cannot be used: {problem}; point it at a writable folder, or {_HELP}"
     return None
 
+
+
+def create_sqlite_store(uri: str | None) -> bool:
+    """Create a missing ``sqlite:`` tracking store in one step; True when this call created it.
+
+    MLflow creates a sqlite store on first use by running its schema migrations in place,
+    several steps, not all in one transaction: a kill in the middle leaves a database every
+    later open fails on ("table _alembic_tmp_experiments already exists"), and the study's
+    MLflow records can then only be buffered. Here the store is built under a temp name
+    beside it and linked into place only when complete (``os.link``: if another command
+    created it meanwhile, that one is kept). Any other URI, or an existing file: nothing to do.
+    """
+    import uuid
+
+    if uri is None or not str(uri).lower().startswith("sqlite:"):
+        return False
+    path = _sqlite_path(str(uri))
+    if path is None or path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        from mlflow.tracking._tracking_service.utils import _get_store
+
+        store = _get_store(f"sqlite:///{tmp}")  # creates the tables and runs every migration
+        store.engine.dispose()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            leftover.unlink(missing_ok=True)
