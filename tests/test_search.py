@@ -69,10 +69,12 @@ def test_a_stopped_trial_is_pruned_with_the_value_of_the_epoch_it_stopped_at() -
 
 def test_a_finished_trial_is_complete_and_an_errored_one_failed() -> None:
     search = _searcher()
-    last = _run(search, "done", [0.2, 0.3, 0.4, 0.5, 0.6, 0.55])
-    search.on_trial_complete("done", result=last)
-    done = _frozen(search, "done")
-    assert (done.state, done.value, sorted(done.intermediate_values)) == (TrialState.COMPLETE, 0.55, [1, 2, 3, 4, 5, 6])
+    for trial_id, at_max_t in (("done", False), ("asha_done", True)):  # ASHA stops a trial at max_t too
+        last = _run(search, trial_id, [0.2, 0.3, 0.4, 0.5, 0.6, 0.55], stopped=at_max_t)
+        search.on_trial_complete(trial_id, result=last)
+        done = _frozen(search, trial_id)
+        assert (done.state, done.value, sorted(done.intermediate_values)) == \
+            (TrialState.COMPLETE, 0.55, [1, 2, 3, 4, 5, 6])
 
     _run(search, "broken", [0.2, 0.3])
     search.on_trial_complete("broken", error=True)

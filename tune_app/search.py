@@ -13,8 +13,9 @@ their last intermediate value (Optuna's own handling of pruned trials).
   epochs stays ``COMPLETE``; an errored one is ``FAIL``, even when it passes a result.
 * **Intermediate values are per epoch**: the step is the result's ``epoch`` (Ray uses
   ``training_iteration``, which counts reports, e.g. a resumed trial's catch-up reports).
-  Tune does not pass the result it stops a trial on to ``on_trial_result``; it is reported
-  here before the trial is told ``PRUNED``, so the pruned value is the epoch it stopped at.
+  Tune does not pass the result a scheduler stops a trial on to ``on_trial_result`` (ASHA
+  also stops a trial that reached ``max_t``); it is reported on completion, so a pruned
+  trial's value is the epoch it stopped at and every trial holds all its epochs.
 * Only plain attributes are added (an int): Tune pickles the searcher with the experiment
   and ``Tuner.restore`` gets it back as is.
 """
@@ -65,20 +66,29 @@ class EarlyStopAwareOptunaSearch(OptunaSearch):
             return
         ot_trial = self._ot_trials.get(trial_id)
         epoch = _epoch(result)
-        if (ot_trial is None or epoch is None or trial_id in self._completed_trials
-                or isinstance(self.metric, list)
-                or epoch >= outcome.planned_epochs(ot_trial.params, self._max_epochs)):
+        if ot_trial is None or epoch is None or trial_id in self._completed_trials or isinstance(self.metric, list):
             super().on_trial_complete(trial_id, result=result, error=error)
             return
-        value = (result or {}).get(self.metric)
+        # Tune never passes the result the scheduler stops a trial on (ASHA stops a finished one
+        # at max_t too) to on_trial_result: it is the trial's last intermediate value.
+        self._report_once(ot_trial, (result or {}).get(self.metric), epoch)
+        if epoch >= outcome.planned_epochs(ot_trial.params, self._max_epochs):
+            super().on_trial_complete(trial_id, result=result)
+            return
         try:
-            if isinstance(value, int | float) and not math.isnan(value) and epoch not in self._reported(ot_trial):
-                ot_trial.report(float(value), epoch)  # Tune never passed the stopping result on
             study: Any = self._ot_study  # Ray types it None until the space is set
             study.tell(ot_trial, state=TrialState.PRUNED)
         except Exception as exc:  # noqa: BLE001 - as Ray's own tell: a searcher error must not end the study
             logger.warning("could not tell Optuna that trial %s was stopped early: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
+
+    def _report_once(self, ot_trial: Any, value: Any, epoch: int) -> None:
+        if not isinstance(value, int | float) or math.isnan(value) or epoch in self._reported(ot_trial):
+            return
+        try:
+            ot_trial.report(float(value), epoch)
+        except Exception as exc:  # noqa: BLE001 - the trial is still told its state
+            logger.warning("could not report epoch %d of Optuna trial %s: %s", epoch, ot_trial.number, exc)
 
     def _reported(self, ot_trial: Any) -> dict[int, float]:
         """The intermediate values the study holds for ``ot_trial`` (step -> value)."""
