@@ -31,7 +31,7 @@ METRIC = "val_macro_f1"
 def test_default_is_asha_with_validated_knobs() -> None:
     cfg = compose([])
     assert (cfg.tune.scheduler, cfg.tune.grace_period, cfg.tune.reduction_factor, cfg.tune.min_samples) == \
-        ("asha", 2, 3, 3)
+        ("asha", 1, 3, 3)
     assert isinstance(make_scheduler(cfg), DurableASHAScheduler)
     assert isinstance(make_scheduler(compose(["tune.scheduler=median"])), DurableMedianStoppingRule)
     assert isinstance(make_scheduler(compose(["tune.scheduler=fifo"])), FIFOScheduler)

@@ -118,7 +118,7 @@ class TuneSection:
     include_dashboard: bool = False
     # Early stopping (tune_app/early_stopping.py); validated in _validate_early_stopping.
     scheduler: str = "asha"  # fifo | asha | median
-    grace_period: int = 2  # asha, median: epochs every trial trains before it may be stopped (<= max_epochs used)
+    grace_period: int = 1  # asha, median: epochs every trial trains before it may be stopped (<= max_epochs used)
     reduction_factor: float = 3.0  # asha: about 1 in reduction_factor trials passes each rung
     min_samples: int = 3  # median: other trials needed at an epoch before the rule stops anything
 

@@ -206,14 +206,15 @@ def build_tuner(cfg: AppConfig) -> Any:
     """A new ``Tuner`` for ``cfg`` (the study folder must have been prepared)."""
     import optuna
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     from searchspaces import load_space
+    from tune_app.search import EarlyStopAwareOptunaSearch
 
     _env_for_tune()
     space = load_space(cfg.searchspace, max_epochs=cfg.tune.max_epochs, model=cfg.model.name)
     sampler = optuna.samplers.TPESampler(seed=cfg.tune.sampler_seed, n_startup_trials=cfg.tune.n_startup_trials)
-    search = OptunaSearch(space=space, metric=cfg.tune.metric, mode=cfg.tune.mode, sampler=sampler)
+    search = EarlyStopAwareOptunaSearch(space=space, metric=cfg.tune.metric, mode=cfg.tune.mode, sampler=sampler,
+                                        max_epochs=cfg.tune.max_epochs)
     return tune.Tuner(
         make_trainable(cfg),
         tune_config=tune.TuneConfig(

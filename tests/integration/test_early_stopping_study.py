@@ -171,6 +171,26 @@ def test_tune_does_not_save_the_scheduler_state_our_file_does(asha_study: tuple[
     assert len(saved["stopped"]) == sum(trial_state(t)["status"] == "stopped" for t in trial_dirs(study))
 
 
+def test_an_asha_study_tells_optuna_stopped_trials_pruned(asha_study: tuple[Path, Path, int]) -> None:
+    """TPE learns from a stopped trial as PRUNED at the epoch it reached, never as a final score."""
+    import pickle
+
+    from optuna.trial import TrialState
+
+    storage, _, _ = asha_study
+    study = storage / "asha"
+    newest = max(study.glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
+    searcher = pickle.loads(newest.read_bytes())  # OptunaSearch.save: its __dict__
+    frozen = {t.number: t for t in searcher["_ot_study"].get_trials(deepcopy=False)}
+    for trial in trial_dirs(study):
+        state = trial_state(trial)
+        tid = json.loads((trial / "result.json").read_text().splitlines()[-1])["trial_id"]
+        ot = frozen[searcher["_ot_trials"][tid].number]
+        assert ot.intermediate_values == {h["epoch"]: pytest.approx(h[METRIC]) for h in state["history"]}, trial.name
+        expected = TrialState.PRUNED if state["status"] == "stopped" else TrialState.COMPLETE
+        assert ot.state == expected and ot.value == pytest.approx(state["history"][-1][METRIC]), trial.name
+
+
 # --- kills at random moments, slow ----------------------------------------------------------------
 KILL_SAMPLES, KILL_EPOCHS = 8, 4
 

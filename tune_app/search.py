@@ -1,0 +1,99 @@
+"""The study's searcher: Ray's ``OptunaSearch`` that tells Optuna which trials were stopped early.
+
+Ray's ``OptunaSearch.on_trial_complete`` tells Optuna every trial that has a result is
+``COMPLETE`` with its last value. A trial the early-stopping scheduler (ASHA / median) ended
+at epoch 1 then counts as a finished trial scoring its epoch-1 value, and TPE learns that
+the region it sampled is bad. ``EarlyStopAwareOptunaSearch`` tells such a trial ``PRUNED``
+instead: TPE ranks pruned trials after every complete one, by how far they got and then by
+their last intermediate value (Optuna's own handling of pruned trials).
+
+* **Stopped** = it did not error and its last result's ``epoch`` is below its planned epochs
+  (``tune_app.outcome.planned_epochs``: its sampled ``train.epochs``, else ``tune.max_epochs``),
+  the same definition the schedulers record stops with. A trial that trained its planned
+  epochs stays ``COMPLETE``; an errored one is ``FAIL``, even when it passes a result.
+* **Intermediate values are per epoch**: the step is the result's ``epoch`` (Ray uses
+  ``training_iteration``, which counts reports, e.g. a resumed trial's catch-up reports).
+  Tune does not pass the result a scheduler stops a trial on to ``on_trial_result`` (ASHA
+  also stops a trial that reached ``max_t``); it is reported on completion, so a pruned
+  trial's value is the epoch it stopped at and every trial holds all its epochs.
+* Only plain attributes are added (an int): Tune pickles the searcher with the experiment
+  and ``Tuner.restore`` gets it back as is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from optuna.trial import TrialState
+from ray.air.constants import TRAINING_ITERATION
+from ray.tune.search.optuna import OptunaSearch
+
+from tune_app import outcome
+
+logger = logging.getLogger(__name__)
+
+#: The trainable reports its epoch (1-based) with every result.
+EPOCH = "epoch"
+
+
+def _epoch(result: dict[str, Any] | None) -> int | None:
+    value = (result or {}).get(EPOCH)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+class EarlyStopAwareOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` whose scheduler-stopped trials are ``PRUNED`` in the Optuna study.
+
+    ``max_epochs``: ``tune.max_epochs``, the planned epochs of a trial that does not sample
+    ``train.epochs``. Everything else is ``OptunaSearch``'s.
+    """
+
+    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
+        self._max_epochs = int(max_epochs)
+        super().__init__(*args, **kwargs)
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        epoch = _epoch(result)
+        if epoch is not None:
+            result = {**result, TRAINING_ITERATION: epoch}
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if error:  # FAIL, even with a result (Ray's tells an errored trial with a value COMPLETE)
+            super().on_trial_complete(trial_id, result=None, error=True)
+            return
+        ot_trial = self._ot_trials.get(trial_id)
+        epoch = _epoch(result)
+        if ot_trial is None or epoch is None or trial_id in self._completed_trials or isinstance(self.metric, list):
+            super().on_trial_complete(trial_id, result=result, error=error)
+            return
+        # Tune never passes the result the scheduler stops a trial on (ASHA stops a finished one
+        # at max_t too) to on_trial_result: it is the trial's last intermediate value.
+        self._report_once(ot_trial, (result or {}).get(self.metric), epoch)
+        if epoch >= outcome.planned_epochs(ot_trial.params, self._max_epochs):
+            super().on_trial_complete(trial_id, result=result)
+            return
+        try:
+            study: Any = self._ot_study  # Ray types it None until the space is set
+            study.tell(ot_trial, state=TrialState.PRUNED)
+        except Exception as exc:  # noqa: BLE001 - as Ray's own tell: a searcher error must not end the study
+            logger.warning("could not tell Optuna that trial %s was stopped early: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
+
+    def _report_once(self, ot_trial: Any, value: Any, epoch: int) -> None:
+        if not isinstance(value, int | float) or math.isnan(value) or epoch in self._reported(ot_trial):
+            return
+        try:
+            ot_trial.report(float(value), epoch)
+        except Exception as exc:  # noqa: BLE001 - the trial is still told its state
+            logger.warning("could not report epoch %d of Optuna trial %s: %s", epoch, ot_trial.number, exc)
+
+    def _reported(self, ot_trial: Any) -> dict[int, float]:
+        """The intermediate values the study holds for ``ot_trial`` (step -> value)."""
+        study: Any = self._ot_study
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number == ot_trial.number:
+                return dict(frozen.intermediate_values)
+        return {}
