@@ -108,3 +108,28 @@ def test_the_searcher_survives_tunes_save_and_restore(tmp_path: Path) -> None:
     restored.on_trial_complete("running", result=last)
     assert _frozen(restored, "running").state == TrialState.PRUNED
     assert _frozen(restored, "running").intermediate_values == {1: 0.2, 2: 0.35}
+
+
+def test_the_saved_searcher_leaves_out_told_trials_handles(tmp_path: Path) -> None:
+    """Tune pickles the searcher at every sync: a finished trial's handle is not carried along,
+    and a late result or completion for it (after a restore) is ignored, not a KeyError."""
+    search = _searcher()
+    for i in range(20):
+        search.on_trial_complete(f"t{i}", result=_run(search, f"t{i}", [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]))
+    _run(search, "running", [0.2])
+    search.save_to_dir(str(tmp_path), "s")
+    restored = pickle.loads(pickle.dumps(_searcher()))
+    restored.restore_from_dir(str(tmp_path))
+    assert set(restored._ot_trials) == {"running"}
+    assert len(restored._ot_study.trials) == 21, "every trial stays in the Optuna study"
+    restored.on_trial_result("t3", {"epoch": 7, METRIC: 0.9, "training_iteration": 7})
+    restored.on_trial_complete("t3", result={"epoch": 7, METRIC: 0.9})
+    assert _frozen_number(restored, 3).value == pytest.approx(0.7)
+    restored.on_trial_complete("running", result={"epoch": 6, METRIC: 0.5})
+    assert _frozen(restored, "running").state == TrialState.COMPLETE
+    full = len(pickle.dumps({**search.__dict__}))
+    assert len(next(tmp_path.glob("searcher-state-*.pkl")).read_bytes()) < 0.75 * full
+
+
+def _frozen_number(search: EarlyStopAwareOptunaSearch, number: int) -> optuna.trial.FrozenTrial:
+    return next(t for t in search._ot_study.get_trials(deepcopy=False) if t.number == number)

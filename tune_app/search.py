@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 from typing import Any
 
 from optuna.trial import TrialState
@@ -53,6 +54,20 @@ class EarlyStopAwareOptunaSearch(OptunaSearch):
     def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
         self._max_epochs = int(max_epochs)
         super().__init__(*args, **kwargs)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Ray's save, without the ``optuna.Trial`` handles of trials already told.
+
+        Tune pickles the searcher at every state sync. Ray keeps a handle (with a copy of the
+        trial as it was when sampled) for every trial ever suggested: about half of the
+        pickle, growing with the study. A told trial's handle is never used again (Ray's
+        ``on_trial_result`` / ``on_trial_complete`` return early for ``_completed_trials``),
+        and the trial itself stays in the Optuna study.
+        """
+        state = self.__dict__.copy()
+        state["_ot_trials"] = {k: v for k, v in self._ot_trials.items() if k not in self._completed_trials}
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         epoch = _epoch(result)
