@@ -112,6 +112,13 @@ def test_a_local_study_gets_its_state_written_once_durably_and_staging_keeps_no_
         Path(folder, f"searcher-state-{session_str}.pkl").write_bytes(b"searcher")
     ours._search_alg = SimpleNamespace(save_to_dir=searcher_save)
     ours._callbacks = SimpleNamespace(save_to_dir=lambda d, session_str: Path(d, "callbacks.pkl").write_bytes(b"cb"))
+    # Tune's (empty) staging folder per trial: an ended trial's goes, a running one's and one
+    # holding an error file stay.
+    ours._trials = [SimpleNamespace(trial_id=t, status=status, local_path=str(staging / t))
+                    for t, status in (("done", "TERMINATED"), ("live", "RUNNING"), ("failed", "ERROR"))]
+    for t in ours._trials:
+        Path(t.local_path).mkdir()
+    (staging / "failed" / "error.txt").write_text("boom")
     TuneController.save_to_dir(ours)  # type: ignore[arg-type]
 
     tunes = _FakeController(tmp_path / "tune", entries)
@@ -121,7 +128,8 @@ def test_a_local_study_gets_its_state_written_once_durably_and_staging_keeps_no_
     assert (study / "searcher-state-test.pkl").read_bytes() == b"searcher"
     assert sorted(p.name for p in study.iterdir()) == ["experiment_state-test.json", "searcher-state-test.pkl"], \
         "no temp folder left"
-    assert sorted(p.name for p in staging.iterdir()) == ["callbacks.pkl"], "only the callbacks' state is staged"
+    assert sorted(p.name for p in staging.iterdir()) == ["callbacks.pkl", "failed", "live"], \
+        "only the callbacks' state is staged, and no ended trial's empty folder"
 
     def broken(folder: str, session_str: str) -> None:  # a writer that fails half-way (a full disk)
         Path(folder, f"searcher-state-{session_str}.pkl").write_bytes(b"torn")

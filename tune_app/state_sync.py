@@ -26,6 +26,7 @@ file, not an encoding of every trial ever run and a copy.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -197,6 +198,23 @@ def write_state_files(study: Path, write: Any, final_last: str) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+_staging_dropped: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _drop_ended_trials_staging(controller: Any) -> None:
+    """Remove the empty staging folder of each ended trial (once per trial)."""
+    from ray.tune.experiment import Trial
+
+    done = _staging_dropped.setdefault(controller, set())
+    for trial in controller._trials:
+        if trial.trial_id in done or trial.status not in (Trial.TERMINATED, Trial.ERROR):
+            continue
+        done.add(trial.trial_id)
+        # not empty (an error file), already gone, or no folder yet: it stays
+        with contextlib.suppress(OSError, TypeError):
+            os.rmdir(trial.local_path)
+
+
 def encode_state_incrementally() -> None:
     """Tune's state rewrite re-encodes only the trials that changed, and writes the study once.
 
@@ -241,6 +259,9 @@ def encode_state_incrementally() -> None:
             for stale in staging.glob("*"):
                 if stale.is_file() and stale.suffix in (".json", ".pkl"):
                     stale.unlink(missing_ok=True)
+            # Tune makes an (empty) staging folder per trial and its syncer walks them all at
+            # every sync: an ended trial's empty one goes (one with an error file stays).
+            _drop_ended_trials_staging(self)
         else:
             write(staging)
         self._callbacks.save_to_dir(str(staging), session_str=self._session_str)
