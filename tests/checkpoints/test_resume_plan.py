@@ -84,3 +84,32 @@ def test_a_corrupt_tune_checkpoint_falls_back_and_the_chain_continues(tmp_path: 
     (bad / MODEL_FILE).write_bytes(b"not a tensor file")
     assert _summary(plan_resume(tmp_path, tune_checkpoint=bad, next_index=2)) == (
         "checkpoint_000002", [(2, False), (3, True)])
+
+
+def test_the_chain_walks_past_checkpoints_retention_pruned(tmp_path: Path) -> None:
+    """Tune's state is synced when a trial starts, not after each checkpoint: after a kill it may
+    know none of the trial's checkpoints, while retention already pruned the older ones."""
+    from tune_app.checkpoints.store import prune_checkpoint
+
+    for index in range(4):
+        _save(tmp_path, index, index + 1)
+    for index in range(3):
+        prune_checkpoint(tmp_path / checkpoint_dir_name(index), reason="not a resume point")
+    plan = plan_resume(tmp_path, tune_checkpoint=None, next_index=0)
+    assert _summary(plan) == ("checkpoint_000003", [(1, True), (2, True), (3, True), (4, True)])
+    # Tune knew the first (now pruned): the walk goes on from its next index; epoch 1 is
+    # reported again without a checkpoint (harmless), Tune's index stays on the folders.
+    plan = plan_resume(tmp_path, tune_checkpoint=tmp_path / checkpoint_dir_name(0), next_index=1)
+    assert _summary(plan) == ("checkpoint_000003", [(1, False), (2, True), (3, True), (4, True)])
+
+
+def test_pruned_checkpoints_among_epochs_saved_without_one(tmp_path: Path) -> None:
+    """More epochs than pruned checkpoints in between (no checkpoint saved at some epoch): as many
+    reports register as there are pruned folders, so Tune's index meets the next folder's."""
+    from tune_app.checkpoints.store import prune_checkpoint
+
+    _save(tmp_path, 0, 2)  # epoch 1 had no checkpoint
+    _save(tmp_path, 1, 4)
+    prune_checkpoint(tmp_path / checkpoint_dir_name(0), reason="not a resume point")
+    plan = plan_resume(tmp_path, tune_checkpoint=None, next_index=0)
+    assert _summary(plan) == ("checkpoint_000001", [(1, False), (2, False), (3, True), (4, True)])

@@ -5,14 +5,19 @@ checkpoint folder was published and before Tune's state reached the disk (the sy
 asynchronous). Resuming from Tune's checkpoint would then re-train epochs that were
 already saved. :func:`plan_resume` instead walks on from Tune's checkpoint through the
 folders Tune would register next (``checkpoint_<k>``, ``k`` = Tune's next index), while
-each one verifies and holds a later epoch, and returns:
+each one verifies and holds a later epoch, walking past tombstones (retention prunes a
+running trial's older checkpoints as soon as a newer one exists, and Tune's state can be
+several checkpoints behind: it is synced when a trial starts, not after each checkpoint),
+and returns:
 
 * ``resume_from``: the newest checkpoint of that chain (or Tune's, or an older valid one
   when Tune's is corrupt, or None);
 * ``catch_up``: the results to report to Tune before training goes on, in order: for each
   chain folder, the epochs of its history that came after the previous one (reported
   without a checkpoint) and its own epoch (reported with one, so Tune registers exactly
-  that folder and its checkpoint index stays aligned with the folders on disk).
+  that folder and its checkpoint index stays aligned with the folders on disk); a pruned
+  folder on the way is registered again with the epoch it held (the last epochs before the
+  next folder's, from that folder's history).
 
 Re-reporting an epoch Tune already had is harmless: MLflow keeps one value per step and
 the study's trial files one row per epoch.
@@ -27,6 +32,7 @@ from typing import Any
 
 from tune_app.checkpoints.store import (
     find_resumable_checkpoint,
+    is_tombstone,
     read_trainer_state,
     verify_checkpoint,
 )
@@ -69,7 +75,12 @@ def plan_resume(trial_dir: Path, *, tune_checkpoint: Path | None, next_index: in
     last_epoch = _epoch(read_trainer_state(base)) if base is not None else 0
     resume_from, reports = base, []
     index = next_index
+    pruned = 0  # tombstones since the last folder of the chain
     while (folder := trial_dir / checkpoint_dir_name(index)).is_dir():
+        if is_tombstone(folder):  # retention pruned it once a newer one existed: walk on
+            pruned += 1
+            index += 1
+            continue
         if not verify_checkpoint(folder).ok:
             break
         state = read_trainer_state(folder)
@@ -77,9 +88,14 @@ def plan_resume(trial_dir: Path, *, tune_checkpoint: Path | None, next_index: in
         if epoch <= last_epoch:  # a folder of an earlier run of this trial: not a continuation
             break
         missed = [dict(h) for h in state.get("history", []) if last_epoch < int(h.get("epoch", 0)) < epoch]
-        reports += [CatchUpReport(m, registers=False) for m in missed]
+        if len(missed) < pruned:  # more pruned checkpoints than epochs between: not this chain
+            break
+        # The pruned checkpoints held the last of the missed epochs (a checkpoint is saved at
+        # the end of an epoch): each is registered again, so Tune's index meets this folder's.
+        plain = len(missed) - pruned
+        reports += [CatchUpReport(m, registers=k >= plain) for k, m in enumerate(missed)]
         reports.append(CatchUpReport(dict(state["metrics"]), registers=True))
-        resume_from, last_epoch = folder, epoch
+        resume_from, last_epoch, pruned = folder, epoch, 0
         index += 1
     if resume_from is not None and resume_from != base:
         logger.warning("%s: Tune's saved state missed %d checkpoint(s) (a kill before its state sync); "
