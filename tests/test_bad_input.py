@@ -91,6 +91,7 @@ ROWS: dict[str, Row] = {
     "study-folder-is-file": Row("tune.storage_path={tmp} | tune.name=afile", ("tune.name='afile'", "is a file")),
     "study-exists": Row("tune.storage_path={tmp} | tune.name=study", ("already exists", "resume=")),
     "local-without-path": Row(_start("data=local"), ("data.path",)),
+    "data-path-without-local": Row(_start("data.path={tmp}"), ("data.path=", "data=local", "ignore")),
     "data-path-missing": Row(_start("data=local", "data.path={tmp}/nope"), ("data.path=", "not a directory")),
     "posts-header-only": Row(_start("data=local", "data.path={header_posts}"), (POSTS_FILE, "no rows")),
     "annotations-header-only": Row(_start("data=local", "data.path={header_annotations}"),

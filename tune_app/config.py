@@ -472,6 +472,10 @@ def validate(cfg: AppConfig) -> None:
     if cfg.data.source == "local" and not cfg.data.path:
         raise ConfigError("data.source=local needs data.path=<dir holding redsm5_posts.csv and redsm5_annotations.csv>")
     _check_redacted(cfg)
+    if cfg.data.path and cfg.data.source != "local":
+        raise ConfigError(f"data.path={cfg.data.path!r} is only read by the local data source, and data={cfg.data.name} "
+                          f"(source {cfg.data.source}) would ignore it: add data=local to train on that folder, "
+                          "or drop data.path")
     if cfg.data.path and not Path(cfg.data.path).expanduser().is_dir():
         raise ConfigError(f"data.path={cfg.data.path!r} is not a directory; point it at a folder with "
                           "redsm5_posts.csv and redsm5_annotations.csv")
