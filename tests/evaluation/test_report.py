@@ -177,3 +177,14 @@ def test_on_finish_false_skips_and_global_strategy(tmp_path: Path) -> None:
     report = evaluate_study(study)
     values = set(report["decision_thresholds"]["criteria"].values())
     assert report["decision_thresholds"]["strategy"] == "global" and len(values) == 1
+
+
+def test_the_history_plot_orders_trials_as_tune_started_them() -> None:
+    """Folder names sort by the random trial id; Tune's trial number (after it) is the start order."""
+    from tune_app.evaluation.plots import start_order
+
+    names = ["train_trial_f00aa111_1_lr=0.1_2026-12-02_09-00-01", "train_trial_0bb22333_10_lr=0.2_2026-12-02_09-00-09",
+             "train_trial_a0cc4455_2_lr=0.3_2026-12-02_09-00-02", "copied-by-hand"]
+    ordered = sorted((_trial(n, []) for n in names), key=start_order)
+    assert [t.path.name.split("_")[3] if t.path.name.startswith("train") else t.path.name for t in ordered] == \
+        ["1", "2", "10", "copied-by-hand"]

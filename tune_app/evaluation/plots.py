@@ -13,6 +13,8 @@ import base64
 import html
 import logging
 import math
+import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,10 +52,20 @@ def _message(fig: Figure, text: str) -> None:
     fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, color="0.35", wrap=True)
 
 
+_TUNE_TRIAL_NUMBER = re.compile(r"^[^_].*?_[0-9a-f]{5,}_(\d+)_")
+
+
+def start_order(trial: TrialInfo) -> tuple[int, str]:
+    """Sort key: Tune's trial number from the folder name (``<trainable>_<id>_<N>_<params>...``,
+    N counts trials in the order Tune created them), then the name; a folder without one last."""
+    found = _TUNE_TRIAL_NUMBER.match(trial.path.name)
+    return (int(found.group(1)) if found else sys.maxsize, trial.path.name)
+
+
 def plot_history(trials: list[TrialInfo], metric: str, path: Path) -> Path:
-    """Each trial's per-epoch scores, its best score, and the running best over trials."""
+    """Each trial's per-epoch scores, its best score, and the running best over trials (in start order)."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ordered = sorted(trials, key=lambda t: t.path.name)
+    ordered = sorted(trials, key=start_order)
     best_so_far: list[float] = []
     for i, t in enumerate(ordered):
         scores = [h.get(metric) for h in t.history]
