@@ -138,3 +138,22 @@ def test_a_trial_stopped_by_sigint_is_unfinished_even_if_tune_says_terminated(cf
     stopped = FakeResult(str(cfg.study_dir / "t"), {"epoch": 1})
     outcome = summarise(FakeGrid([stopped], [_trial(cfg.study_dir / "t", Trial.TERMINATED)]), cfg)
     assert (outcome.terminated, outcome.errored, outcome.interrupted) == (0, 0, True)
+
+
+def test_the_best_trial_is_judged_by_its_best_epoch_as_in_the_report(cfg: Any) -> None:
+    """A trial whose last epoch fell back still counts with its best one (the report's definition)."""
+    import json
+
+    from tune_app.evaluation.report import read_trial
+
+    a_dir, b_dir = cfg.study_dir / "train_trial_a", cfg.study_dir / "train_trial_b"
+    for path, scores in ((a_dir, [0.3, 0.9]), (b_dir, [0.95, 0.4])):
+        path.mkdir(parents=True)
+        history = [{"epoch": e, "val_macro_f1": s} for e, s in enumerate(scores, start=1)]
+        (path / "trial_state.json").write_text(json.dumps({"status": "completed", "history": history}))
+    grid = FakeGrid([FakeResult(str(a_dir), {"epoch": 2, "val_macro_f1": 0.9, "trial_id": "a"}),
+                     FakeResult(str(b_dir), {"epoch": 2, "val_macro_f1": 0.4, "trial_id": "b"})],
+                    [_trial(a_dir, Trial.TERMINATED), _trial(b_dir, Trial.TERMINATED)])
+    outcome = summarise(grid, cfg)
+    assert (outcome.best_trial_id, outcome.best_score) == ("b", 0.95)
+    assert read_trial(b_dir, "val_macro_f1").best_score == outcome.best_score

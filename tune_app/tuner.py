@@ -366,9 +366,10 @@ def summarise(result_grid: Any, cfg: AppConfig) -> StudyOutcome:
             terminated += 1
         elif kind == outcome.STOPPED:
             stopped += 1
-        score = metrics.get(cfg.tune.metric)
-        if isinstance(score, int | float) and (best is None or score > best):
-            best, best_id = float(score), metrics.get("trial_id")
+        # The trial's best epoch (as the study report), not its last one.
+        score, _ = outcome.best_epoch([*state.get("history", []), metrics], cfg.tune.metric)
+        if score is not None and (best is None or score > best):
+            best, best_id = score, metrics.get("trial_id")
     return StudyOutcome(study_dir=cfg.study_dir, num_samples=cfg.tune.num_samples, terminated=terminated,
                         best_trial_id=best_id, best_score=best, failures=tuple(failures), stopped=stopped)
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from tune_app import outcome
 from tune_app.checkpoints.failpoints import pause
 from tune_app.config import AppConfig
 from tune_app.evaluation.contracts import validate, validate_checkpoint_metadata
@@ -165,11 +166,7 @@ def read_trial(trial_dir: Path, metric: str, mode: str = "max", params: dict[str
                      status=str(state["status"]) if state.get("status") in STATE_STATUSES else "unknown",
                      history=history, params=dict(params or {}),
                      checkpoints=read_checkpoints(trial_dir, metric))
-    sign = 1.0 if mode == "max" else -1.0
-    for h in history:
-        score = _finite(h.get(metric))
-        if score is not None and (info.best_score is None or sign * score > sign * info.best_score):
-            info.best_score, info.best_epoch = score, int(h.get("epoch", 0)) or None
+    info.best_score, info.best_epoch = outcome.best_epoch(history, metric, mode)
     return info
 
 
