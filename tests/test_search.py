@@ -121,6 +121,8 @@ def test_the_saved_searcher_leaves_out_told_trials_handles(tmp_path: Path) -> No
     restored = pickle.loads(pickle.dumps(_searcher()))
     restored.restore_from_dir(str(tmp_path))
     assert set(restored._ot_trials) == {"running"}
+    assert {t.user_attrs["tune_trial_id"] for t in restored._ot_study.trials} == {f"t{i}" for i in range(20)} | \
+        {"running"}, "each Optuna trial names its Tune trial"
     assert len(restored._ot_study.trials) == 21, "every trial stays in the Optuna study"
     restored.on_trial_result("t3", {"epoch": 7, METRIC: 0.9, "training_iteration": 7})
     restored.on_trial_complete("t3", result={"epoch": 7, METRIC: 0.9})

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: The trainable reports its epoch (1-based) with every result.
 EPOCH = "epoch"
+#: Optuna user attribute naming the Tune trial behind an Optuna trial.
+TUNE_TRIAL_ID_ATTR = "tune_trial_id"
 
 
 def _epoch(result: dict[str, Any] | None) -> int | None:
@@ -55,6 +57,14 @@ class EarlyStopAwareOptunaSearch(OptunaSearch):
         self._max_epochs = int(max_epochs)
         super().__init__(*args, **kwargs)
 
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        """Ray's suggest; the Optuna trial records its Tune trial id (user attribute ``tune_trial_id``)."""
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if isinstance(config, dict) and ot_trial is not None:
+            ot_trial.set_user_attr(TUNE_TRIAL_ID_ATTR, trial_id)
+        return config
+
     def save(self, checkpoint_path: str) -> None:
         """Ray's save, without the ``optuna.Trial`` handles of trials already told.
 
@@ -62,7 +72,7 @@ class EarlyStopAwareOptunaSearch(OptunaSearch):
         trial as it was when sampled) for every trial ever suggested: about half of the
         pickle, growing with the study. A told trial's handle is never used again (Ray's
         ``on_trial_result`` / ``on_trial_complete`` return early for ``_completed_trials``),
-        and the trial itself stays in the Optuna study.
+        and the trial itself stays in the Optuna study, with its Tune trial id as a user attribute.
         """
         state = self.__dict__.copy()
         state["_ot_trials"] = {k: v for k, v in self._ot_trials.items() if k not in self._completed_trials}

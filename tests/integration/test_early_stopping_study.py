@@ -181,11 +181,11 @@ def test_an_asha_study_tells_optuna_stopped_trials_pruned(asha_study: tuple[Path
     study = storage / "asha"
     newest = max(study.glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
     searcher = pickle.loads(newest.read_bytes())  # OptunaSearch.save: its __dict__
-    frozen = {t.number: t for t in searcher["_ot_study"].get_trials(deepcopy=False)}
+    frozen = {t.user_attrs["tune_trial_id"]: t for t in searcher["_ot_study"].get_trials(deepcopy=False)}
     for trial in trial_dirs(study):
         state = trial_state(trial)
         tid = json.loads((trial / "result.json").read_text().splitlines()[-1])["trial_id"]
-        ot = frozen[searcher["_ot_trials"][tid].number]
+        ot = frozen[tid]
         assert ot.intermediate_values == {h["epoch"]: pytest.approx(h[METRIC]) for h in state["history"]}, trial.name
         expected = TrialState.PRUNED if state["status"] == "stopped" else TrialState.COMPLETE
         assert ot.state == expected and ot.value == pytest.approx(state["history"][-1][METRIC]), trial.name

@@ -241,6 +241,7 @@ def test_config_yaml_is_redacted_and_read_back_by_this_process_only(tmp_path: Pa
     data.mkdir()
     cfg = AppConfig()
     cfg.tune.storage_path = str(tmp_path / "exp")
+    cfg.data.name = cfg.data.source = "local"
     cfg.data.path = str(data)
     cfg.tracking.experiment_name = "exp-sk-SECRET999"
     text = cfg.to_yaml()
