@@ -17,14 +17,17 @@ a trial's wall time is the time between two completions (harness included). Prin
 
 Measured (quiet 2-core machine, 1000 trials, one run each, 2026-12-02):
 
-    before (2 rewrites per trial)   first 100 0.210 s/trial, last 100 0.407 s: ratio 1.93; 349 s total
-    after (1 rewrite, re-encoding only changed trials, written once into the study; no sanitiser walk
-    of the early-stopping state; ended trials' empty staging folders removed)
+    one rewrite per trial (no forced sync after each checkpoint), re-encoding only changed
+    trials, written once into the study, searcher pickle without told trials' handles
+                                    first 100 0.210 s/trial, last 100 0.407 s: ratio 1.93; 349 s total
+    + no sanitiser walk of the early-stopping state, ended trials' empty staging folders removed
                                     first 100 0.186 s/trial, last 100 0.330 s: ratio 1.78; 276 s total;
                                     state 1.21 MB at 100 trials, 11.46 MB at 1000; slowest rewrite
                                     16 ms at 100, 210 ms at 1000; syncs 13 -> 82 ms per trial;
                                     live checkpoints 2.3 -> 2.6 MB (flat)
 
+(Before all of it: 2 rewrites per trial; stop 21 measured a ratio of 1.50 on a loaded machine,
+where the first trials were slower; not rerun quiet.)
 The target (<= 1.2) is not met: the one waited rewrite per trial still grows with Tune's state.
 """
 
