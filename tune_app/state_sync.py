@@ -170,14 +170,6 @@ def local_experiment_dir(storage: Any) -> Path | None:
     return None
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_state_files(study: Path, write: Any, final_last: str) -> None:
     """Run ``write(folder)``, which writes Tune's state files, and move them into ``study`` durably.
 
@@ -185,6 +177,8 @@ def write_state_files(study: Path, write: Any, final_last: str) -> None:
     that temp, which ``resume=`` removes), fsynced, and renamed into the study one by one,
     ``final_last`` (the experiment state) last.
     """
+    from tune_app.study import fsync_path
+
     scratch = study / f"{TMP_PREFIX}state-{uuid.uuid4().hex}"
     scratch.mkdir(parents=True)
     try:
@@ -192,7 +186,7 @@ def write_state_files(study: Path, write: Any, final_last: str) -> None:
         names = sorted((p.name for p in scratch.iterdir() if p.is_file() and not p.name.startswith((".", TMP_PREFIX))),
                        key=lambda name: name == final_last)
         for name in names:
-            _fsync(scratch / name)
+            fsync_path(scratch / name)
             os.replace(scratch / name, study / name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -43,6 +43,15 @@ STUDY_META = f"{META_DIR}/study.json"
 TRIAL_CONFIG = "trial_config.yaml"
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file already written (by another writer) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file + fsync + rename (never half-written)."""
     path.parent.mkdir(parents=True, exist_ok=True)

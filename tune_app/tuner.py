@@ -234,7 +234,8 @@ def build_tuner(cfg: AppConfig) -> Any:
             callbacks=make_callbacks(cfg),
             # Tune's bookkeeping keeps each trial's best and latest checkpoint entry
             # (num_to_keep=1), so its state stays small (the sync Tune would force after
-            # each checkpoint is off: state_sync.no_forced_sync_per_checkpoint). It never deletes checkpoint bytes: the study filesystem ignores
+            # each checkpoint is off: state_sync.no_forced_sync_per_checkpoint). It never
+            # deletes checkpoint bytes: the study filesystem ignores
             # its deletes (atomic_fs); RetentionCallback alone decides which bytes stay
             # (and keeps pruned folders as tombstones so Tune's saved state resolves).
             checkpoint_config=tune.CheckpointConfig(

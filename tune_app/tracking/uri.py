@@ -88,13 +88,11 @@ def create_sqlite_store(uri: str | None) -> bool:
     try:
         from mlflow.tracking._tracking_service.utils import _get_store
 
+        from tune_app.study import fsync_path
+
         store = _get_store(f"sqlite:///{tmp}")  # creates the tables and runs every migration
         store.engine.dispose()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(tmp)
         try:
             os.link(tmp, path)
         except FileExistsError:
