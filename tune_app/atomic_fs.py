@@ -27,6 +27,7 @@ import uuid
 from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
+from pyarrow.fs import FileInfo, FileSelector, FSSpecHandler, PyFileSystem
 
 TMP_MARK = ".tmp-"
 _CHECKPOINT_DIR = re.compile(r"^checkpoint_\d+$")
@@ -104,8 +105,73 @@ class AtomicLocalFileSystem(LocalFileSystem):
             super().rm(rest, recursive=recursive, maxdepth=maxdepth)
 
 
-def atomic_storage_filesystem() -> Any:
-    """A ``pyarrow.fs`` filesystem for ``RunConfig(storage_filesystem=...)`` and ``Tuner.restore``."""
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
+class _ResolvingHandler(FSSpecHandler):
+    """pyarrow's fsspec handler, resolving relative paths against the creating process's cwd.
 
-    return PyFileSystem(FSSpecHandler(AtomicLocalFileSystem()))
+    Tune takes a path as given when a filesystem is passed (``Tuner.restore("experiments/x",
+    storage_filesystem=...)``) and hands it to every Ray worker, whose cwd is not the
+    driver's: a relative path would name another folder there. Listings answer in the
+    form asked (Tune strips the asked-for prefix off the names it gets back).
+    """
+
+    def __init__(self, fs: Any, base: str) -> None:
+        super().__init__(fs)
+        self.base = base
+
+    def _abs(self, path: str) -> str:
+        return path if os.path.isabs(path) else os.path.normpath(os.path.join(self.base, path))
+
+    def get_file_info(self, paths: list[str]) -> list[Any]:
+        infos = super().get_file_info([self._abs(p) for p in paths])
+        return [FileInfo(p, i.type, size=i.size, mtime=i.mtime) for p, i in zip(paths, infos, strict=True)]
+
+    def get_file_info_selector(self, selector: Any) -> list[Any]:
+        asked = selector.base_dir
+        absolute = self._abs(asked)
+        if absolute == asked:
+            return list(super().get_file_info_selector(selector))
+        infos = super().get_file_info_selector(FileSelector(absolute, allow_not_found=selector.allow_not_found,
+                                                            recursive=selector.recursive))
+        prefix = absolute.rstrip("/")
+        return [FileInfo(asked.rstrip("/") + i.path[len(prefix):] if i.path.startswith(prefix) else i.path,
+                         i.type, size=i.size, mtime=i.mtime) for i in infos]
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        super().create_dir(self._abs(path), recursive)
+
+    def delete_dir(self, path: str) -> None:
+        super().delete_dir(self._abs(path))
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        super().delete_dir_contents(self._abs(path), missing_dir_ok)
+
+    def delete_file(self, path: str) -> None:
+        super().delete_file(self._abs(path))
+
+    def move(self, src: str, dest: str) -> None:
+        super().move(self._abs(src), self._abs(dest))
+
+    def copy_file(self, src: str, dest: str) -> None:
+        super().copy_file(self._abs(src), self._abs(dest))
+
+    def open_input_stream(self, path: str) -> Any:
+        return super().open_input_stream(self._abs(path))
+
+    def open_input_file(self, path: str) -> Any:
+        return super().open_input_file(self._abs(path))
+
+    def open_output_stream(self, path: str, metadata: Any) -> Any:
+        return super().open_output_stream(self._abs(path), metadata)
+
+    def open_append_stream(self, path: str, metadata: Any) -> Any:
+        return super().open_append_stream(self._abs(path), metadata)
+
+
+def atomic_storage_filesystem() -> Any:
+    """A ``pyarrow.fs`` filesystem for ``RunConfig(storage_filesystem=...)`` and ``Tuner.restore``.
+
+    A relative path means the same folder in every process: it is resolved against this
+    process's current folder (so ``Tuner.restore("experiments/<study>", ...)`` works from
+    the repo root, as the README shows).
+    """
+    return PyFileSystem(_ResolvingHandler(AtomicLocalFileSystem(), os.getcwd()))

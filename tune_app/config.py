@@ -597,7 +597,10 @@ def _validate_early_stopping(cfg: AppConfig) -> None:
 
 
 def load_study_config(study_dir: Path) -> AppConfig:
-    """The configuration a study was started with (``<study>/study_config.yaml``).
+    """The configuration a study was started with (``<study>/study_config.yaml``), placed where it is.
+
+    ``tune.storage_path`` and ``tune.name`` name ``study_dir`` (resolved): a moved study, or
+    one named by a relative path, is used where it is.
 
     A missing, empty or corrupt file is a ``ConfigError`` naming the file and how to recover,
     never a study silently resumed with the defaults.
@@ -630,6 +633,10 @@ def load_study_config(study_dir: Path) -> AppConfig:
         raise ConfigError(f"{path} is corrupt: it must hold a mapping of keys to values, got a "
                           f"{type(data).__name__}. {recover}.")
     try:
-        return from_dict({str(k): v for k, v in data.items()})
+        cfg = from_dict({str(k): v for k, v in data.items()})
     except ConfigError as exc:
         raise ConfigError(f"{path} is corrupt: {exc}. {recover}.") from None
+    # The study is where it was found (it may have been moved, or named by a relative path).
+    where = study_dir.expanduser().resolve()
+    cfg.tune.storage_path, cfg.tune.name = str(where.parent), where.name
+    return cfg

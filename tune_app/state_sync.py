@@ -106,6 +106,36 @@ def new_trials_follow_moved_study() -> None:
     TuneController.resume = resume  # type: ignore[method-assign]
 
 
+_FATAL_MARK = "_tune_app_failed_restore_is_fatal"
+
+
+def failed_restore_is_fatal() -> None:
+    """A ``Tuner.restore`` that cannot read the study's state raises; it never starts afresh.
+
+    Tune logs "Failed to restore the run state" and then starts a new experiment in the same
+    folder (unless ``fail_fast``): a second ``experiment_state-*.json`` beside the study's own,
+    trials sampled from an empty searcher, and a study that later resumes from the wrong
+    state. ``TuneController.resume`` is wrapped (once per process) so the controller re-raises
+    its error, leaving the study as it was.
+    """
+    from ray.tune.execution.tune_controller import TuneController
+
+    if getattr(TuneController.resume, _FATAL_MARK, False):
+        return
+    original = TuneController.resume
+
+    @functools.wraps(original)
+    def resume(self: Any, *args: Any, **kwargs: Any) -> Any:
+        fail_fast = self._fail_fast
+        self._fail_fast = True  # read by TuneController.__init__ when resume raises
+        out = original(self, *args, **kwargs)
+        self._fail_fast = fail_fast
+        return out
+
+    setattr(resume, _FATAL_MARK, True)
+    TuneController.resume = resume  # type: ignore[method-assign]
+
+
 _NO_FORCE_MARK = "_tune_app_no_forced_sync_per_checkpoint"
 
 

@@ -34,13 +34,21 @@ from tune_app.checkpoints.store import is_tombstone, verify_checkpoint
 pytestmark = pytest.mark.slow
 SAMPLES, EPOCHS = 4, 3
 
+README_STUDY = Path("experiments/redsm5_study")
+
+
 def readme_restore_snippet() -> str:
-    """The README's ``Tuner.restore`` example, run as documented on the test's study (argv[1])."""
+    """The README's ``Tuner.restore`` example, verbatim (it names ``experiments/redsm5_study``)."""
     text = (REPO / "README.md").read_text()
     block = next(b for b in text.split("```python")[1:] if "Tuner.restore" in b).split("```")[0]
-    documented = 'study = Path("experiments/redsm5_study")'
-    assert documented in block, "the README's restore example changed: update this test"
-    return "import sys\n" + block.replace(documented, "study = Path(sys.argv[1])")
+    assert f'Path("{README_STUDY}")' in block, "the README's restore example names another study: update this test"
+    return block
+
+
+def run_readme_restore(cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The README snippet run as a user would, from the folder its relative study path starts at."""
+    return subprocess.run([sys.executable, "-c", readme_restore_snippet()], cwd=cwd, env=study_env(),
+                          capture_output=True, text=True, timeout=600)
 
 
 
@@ -55,12 +63,12 @@ def _second_trial_reported(study: Path) -> bool:
     return 2 in trials and (trials[2] / "result.json").is_file() and (trials[2] / "result.json").stat().st_size > 0
 
 
-def _interrupt(tmp_path: Path, sig: signal.Signals) -> tuple[Path, Path]:
+def _interrupt(tmp_path: Path, sig: signal.Signals, name: str = "killed") -> tuple[Path, Path]:
     storage = tmp_path / "experiments"
     log = tmp_path / "run.log"
-    study = storage / "killed"
+    study = storage / name
     proc = start_run([f"tune.num_samples={SAMPLES}", f"tune.max_epochs={EPOCHS}", f"tune.storage_path={storage}",
-                      "tune.name=killed"], log)
+                      f"tune.name={name}"], log)
     try:
         wait_for(lambda: _second_trial_reported(study), 400, "trial 2 reports its first epoch", proc, log)
         time.sleep(0.5)  # Tune syncs its experiment state right after it takes a report
@@ -88,7 +96,7 @@ def _check_finished_study(storage: Path, study: Path) -> None:
     resumed = [s for s in states if len(s["starts"]) > 1]
     assert len(resumed) == 1, "exactly the interrupted trial restarts"
     assert resumed[0]["starts"][-1]["start_epoch"] > 1, "it continues from its checkpoint, not epoch 1"
-    runs = mlflow_runs(storage, "killed")
+    runs = mlflow_runs(storage, study.name)
     assert len(runs) == SAMPLES, "one MLflow run per trial, no duplicate run after restore"
     for r in runs:
         for key in ("val_macro_f1", "val_loss", "epoch"):
@@ -107,9 +115,38 @@ def test_kill_in_trial_two_then_resume_finishes_the_study(tmp_path: Path, sig: s
     _check_finished_study(storage, study)
 
 
-def test_sigint_then_documented_tuner_restore_finishes_the_study(tmp_path: Path) -> None:
-    storage, study = _interrupt(tmp_path, signal.SIGINT)
-    proc = subprocess.run([sys.executable, "-c", readme_restore_snippet(), str(study)], cwd=REPO, env=study_env(),
-                          capture_output=True, text=True, timeout=600)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_documented_tuner_restore_verbatim_finishes_the_study_like_resume(tmp_path: Path, sig: signal.Signals) -> None:
+    storage, study = _interrupt(tmp_path, sig, name=README_STUDY.name)
+    assert study == tmp_path / README_STUDY
+    proc = run_readme_restore(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _check_finished_study(storage, study)
+    assert (study / "evaluation_report.json").is_file(), "the snippet ends with the test evaluation, as resume= does"
+    log = tmp_path / "again.log"
+    assert run([f"resume={study}"], log) == 0, tail(log)
+    assert "already complete" in log.read_text() and "Nothing was re-run" in log.read_text()
+
+
+def _files(study: Path) -> dict[str, bytes]:
+    """Every file of the study and its bytes (the lock file names its last holder: left out)."""
+    return {str(p.relative_to(study)): p.read_bytes() for p in sorted(study.rglob("*"))
+            if p.is_file() and p.name != ".study.lock"}
+
+
+def test_failed_documented_restore_leaves_the_study_as_it_was(tmp_path: Path) -> None:
+    """Tune would start a new experiment in the folder when it cannot read the saved state."""
+    _, study = _interrupt(tmp_path, signal.SIGINT, name=README_STUDY.name)
+    state = max(study.glob("experiment_state-*.json"))
+    good = state.read_bytes()
+    state.write_text('{"torn')
+    before = _files(study)
+    proc = run_readme_restore(tmp_path)
+    assert proc.returncode != 0
+    assert _files(study) == before, "a failed restore changed the study"
+    log = tmp_path / "resume.log"
+    assert run([f"resume={study}"], log) == 2, tail(log)
+    assert state.name in log.read_text() and "Traceback" not in log.read_text(), tail(log)
+    state.write_bytes(good)
+    assert run([f"resume={study}"], log) == 0, tail(log)
+    _check_finished_study(tmp_path / "experiments", study)
