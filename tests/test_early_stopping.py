@@ -253,8 +253,10 @@ def test_summary_counts_stopped_trials_and_a_study_of_finished_and_stopped_exits
     assert (out.terminated, out.stopped, out.errored, out.complete, out.interrupted) == (2, 1, 0, True, False)
     assert out.counts_line == "2 finished, 1 stopped early, 0 failed"
     monkeypatch.setattr(run_mod, "_evaluate_on_finish", lambda study_dir: 0)
-    assert run_mod._report(out) == 0
-    assert "Study complete: 3/3 trials (2 finished, 1 stopped early, 0 failed)" in capsys.readouterr().out
+    assert run_mod._report(out, cfg) == 0
+    printed = capsys.readouterr().out
+    assert "Study complete: 3/3 trials (2 finished, 1 stopped early, 0 failed)" in printed
+    assert "best trial t3: val_macro_f1 0.7 (epoch 2)" in printed and "mlflow ui --backend-store-uri" in printed
 
 
 def test_progress_counts_stopped_trials_and_their_shorter_durations_feed_the_eta(tmp_path: Path) -> None:
@@ -273,7 +275,7 @@ def test_progress_counts_stopped_trials_and_their_shorter_durations_feed_the_eta
     p = study_progress(trials, 10, METRIC, "max")
     assert (p.done, p.stopped) == (3, 2)
     assert p.mean_trial_s == pytest.approx(50 / 3) and p.eta_s == pytest.approx(50 / 3 * 7)
-    assert p.line.startswith("Trial 3/10 (30.0%) | 2 stopped early | best val_macro_f1 0.500")
+    assert p.line.startswith("Trial 3/10 (30.0%) | 2 stopped early | best val_macro_f1 0.5 (trial 1)")
     assert p.as_tags()["tune_app.progress.stopped"] == "2"
 
 

@@ -82,7 +82,7 @@ def test_an_errored_trial_whose_error_file_never_reached_the_study_is_a_failure(
     assert (outcome.terminated, outcome.errored, outcome.interrupted, outcome.complete) == (1, 1, False, False)
     assert outcome.failures == ((failed_dir.name, staging / "error.txt"),)
     assert (outcome.best_trial_id, outcome.best_score) == ("a", 0.5)
-    assert _report(outcome) == 1
+    assert _report(outcome, cfg) == 1
     err = capsys.readouterr().err
     assert f"Trial {failed_dir.name} failed:\nInsufficientStorageError: Disk full while saving" in err
     assert "0 of 3000 inodes free" in err and f"(error file: {staging / 'error.txt'})" in err
@@ -105,7 +105,7 @@ def test_a_failure_without_any_error_file_is_still_reported(
     grid = FakeGrid([FakeResult(str(trial_dir), {"epoch": 1})], [_trial(trial_dir, Trial.ERROR)])
     outcome = summarise(grid, cfg)
     assert outcome.failures == ((trial_dir.name, None),)
-    assert _report(outcome) == 1
+    assert _report(outcome, cfg) == 1
     assert "(error file: none saved)" in capsys.readouterr().err
 
 
@@ -113,7 +113,7 @@ def test_unfinished_trials_without_errors_are_an_interruption(cfg: Any, capsys: 
     grid = FakeGrid([FakeResult(str(cfg.study_dir / "t"), {"epoch": 1})], [_trial(cfg.study_dir / "t", Trial.PAUSED)])
     outcome = summarise(grid, cfg)
     assert (outcome.errored, outcome.interrupted) == (0, True)
-    assert _report(outcome) == 130
+    assert _report(outcome, cfg) == 130
     assert "Study interrupted: 0/2 trials ended (0 finished, 0 stopped early, 0 failed)" in capsys.readouterr().err
 
 
@@ -157,3 +157,36 @@ def test_the_best_trial_is_judged_by_its_best_epoch_as_in_the_report(cfg: Any) -
     outcome = summarise(grid, cfg)
     assert (outcome.best_trial_id, outcome.best_score) == ("b", 0.95)
     assert read_trial(b_dir, "val_macro_f1").best_score == outcome.best_score
+
+
+def test_quiet_console_filter_keeps_our_warnings_and_library_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from tune_app.logs import VERBOSE_ENV, QuietConsoleFilter
+
+    def record(name: str, level: int, **extra: object) -> logging.LogRecord:
+        rec = logging.LogRecord(name, level, __file__, 1, "m", None, None)
+        rec.__dict__.update(extra)
+        return rec
+
+    quiet = QuietConsoleFilter()
+    monkeypatch.setenv(VERBOSE_ENV, "0")
+    assert quiet.filter(record("tune_app.callbacks", logging.WARNING))
+    assert not quiet.filter(record("tune_app.callbacks", logging.INFO))
+    assert not quiet.filter(record("ray.tune", logging.WARNING)) and quiet.filter(record("ray.tune", logging.ERROR))
+    assert not quiet.filter(record("tune_app.run", logging.ERROR, console=False)), "printed already"
+    monkeypatch.setenv(VERBOSE_ENV, "1")
+    assert quiet.filter(record("ray.tune", logging.INFO)) and quiet.filter(record("tune_app.x", logging.DEBUG))
+    assert not quiet.filter(record("tune_app.run", logging.INFO, console=False))
+
+
+def test_tune_prints_its_own_tables_only_with_v(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tune_app.config import compose
+    from tune_app.logs import VERBOSE_ENV
+    from tune_app.tuner import tune_verbosity
+
+    cfg = compose(["tune.verbose=2"])
+    monkeypatch.setenv(VERBOSE_ENV, "0")
+    assert tune_verbosity(cfg) == 0
+    monkeypatch.setenv(VERBOSE_ENV, "1")
+    assert tune_verbosity(cfg) == 2

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 from tune_app.tracking.jsonlog import LogSession, setup_json_logging
 from tune_app.tracking.sanitize import SanitizingFilter, install_excepthook
+
+VERBOSE_ENV = "TUNE_APP_VERBOSE"
+#: Libraries whose records reach the quiet console only at ERROR (they stay in the study's log).
+QUIET_LIBRARIES = ("ray", "optuna", "mlflow", "alembic", "urllib3", "filelock", "fsspec", "torch", "transformers",
+                   "datasets", "huggingface_hub", "matplotlib", "py.warnings")
 
 
 def _level(level: int | None) -> int:
@@ -21,14 +27,52 @@ def _level(level: int | None) -> int:
     return level if level is not None else getattr(logging, name.upper(), logging.INFO)
 
 
-def setup_logging(level: int | None = None) -> None:
-    """INFO for tune_app, WARNING for the libraries; ``TUNE_APP_LOG_LEVEL`` overrides."""
+def verbose() -> bool:
+    """``-v``: everything on the console (Tune's tables, worker output, INFO logs)."""
+    return os.environ.get(VERBOSE_ENV, "") == "1"
+
+
+class QuietConsoleFilter(logging.Filter):
+    """The quiet console: tune_app's warnings and errors, the libraries' errors, nothing marked ``console=False``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "console", True) is False:
+            return False
+        if verbose():
+            return True
+        if record.name == "tune_app" or record.name.startswith("tune_app."):
+            return record.levelno >= logging.WARNING
+        return record.levelno >= logging.ERROR
+
+
+def quiet_library_console(name: str) -> None:
+    """Put the quiet-console rule on the handlers a library attached to its own logger (Ray does)."""
+    for handler in logging.getLogger(name).handlers:
+        if not any(isinstance(f, QuietConsoleFilter) for f in handler.filters):
+            handler.addFilter(QuietConsoleFilter())
+
+
+def setup_logging(level: int | None = None, *, verbose_console: bool | None = None) -> None:
+    """INFO for tune_app, WARNING for the libraries; ``TUNE_APP_LOG_LEVEL`` overrides.
+
+    The console is quiet unless ``verbose_console`` (``-v``, kept in ``TUNE_APP_VERBOSE`` for
+    the processes this one starts): tune_app's warnings and the libraries' errors only; the
+    study's JSON log (``setup_study_logging``) keeps everything at its level either way.
+    """
+    if verbose_console is not None:
+        os.environ[VERBOSE_ENV] = "1" if verbose_console else "0"
+    if not verbose():
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in a file or a pipe
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         level=logging.WARNING)
     logging.getLogger("tune_app").setLevel(_level(level))
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, SanitizingFilter) for f in handler.filters):
             handler.addFilter(SanitizingFilter())
+        if not any(isinstance(f, QuietConsoleFilter) for f in handler.filters):
+            handler.addFilter(QuietConsoleFilter())
     install_excepthook()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -22,10 +23,17 @@ from tune_app.tracking.sanitize import install_std_streams, sanitize
 
 logger = logging.getLogger("tune_app.run")
 
+#: ``-v``: everything on the console (Tune's tables, Ray workers' output, INFO logs).
+VERBOSE_FLAGS = frozenset({"-v", "--verbose"})
+_CLOCK: dict[str, float] = {}
+#: Mirrored on the console by a print: in the study's JSON log only.
+FILE_ONLY = {"console": False}
+
 USAGE = """usage: python -m tune_app.run [key=value ...]
        python -m tune_app.run resume=<study dir>
 
-Start a Ray Tune + Optuna study, or resume one. Overrides are Hydra syntax, e.g.
+Start a Ray Tune + Optuna study, or resume one (-v: print everything, Ray and Tune included).
+Overrides are Hydra syntax, e.g.
   python -m tune_app.run tune.num_samples=3 tune.max_epochs=2 model=tiny
   python -m tune_app.run model=minilm retention=aggressive tune.num_samples=50
 Config groups (configs/): model, data, retention, tune, train; keys: searchspace, seed.
@@ -49,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in {"-h", "--help"} for a in args):
         print(USAGE)
         return 0
-    setup_logging()
+    loud = any(a in VERBOSE_FLAGS for a in args)
+    args = [a for a in args if a not in VERBOSE_FLAGS]
+    _CLOCK["start"] = time.monotonic()
+    setup_logging(verbose_console=loud)
     try:
         return _run(args)
     except KNOWN_ERRORS as exc:
@@ -75,9 +86,7 @@ def _run(args: list[str]) -> int:
             raise ConfigError(f"resume={target}: no such folder. Pass the study folder "
                               "<tune.storage_path>/<tune.name> that `python -m tune_app.run` printed")
         cfg = load_study_config(study_dir)  # a folder that is no study gets no lock file either
-        with study_lock(study_dir):
-            # The study may have been moved: trust the folder we were given.
-            cfg.tune.storage_path, cfg.tune.name = str(study_dir.parent), study_dir.name
+        with study_lock(study_dir):  # the config names study_dir, wherever the study was started
             return _resume(cfg)
 
     cfg = compose(overrides)
@@ -112,10 +121,18 @@ def _start(cfg: object) -> int:
     create_sqlite_store(cfg.tracking_uri)  # a kill while MLflow makes its tables leaves no half-made store
     discard_unstarted_tune_files(cfg.study_dir)
     _study_logging(cfg)
-    logger.info("study %s: %d trials x %d epochs, model=%s, data=%s (%s), splits %s",
-                cfg.study_dir, cfg.tune.num_samples, cfg.tune.max_epochs, cfg.model.name,
-                cfg.data.name, meta["dataset_revision"], meta["split_sizes"])
-    return _report(run_study(cfg, resume=False))
+    sizes = ", ".join(f"{k} {v}" for k, v in meta["split_sizes"].items())
+    _say(f"Study {cfg.study_dir}: {cfg.tune.num_samples} trials of up to {cfg.tune.max_epochs} epochs | "
+         f"model {cfg.model.name} | data {cfg.data.name} ({sizes} posts; {meta['dataset_revision']}) | "
+         f"scheduler {cfg.tune.scheduler} | searchspace {cfg.searchspace} | seed {cfg.seed}")
+    _say(f"Log: {cfg.study_dir / 'logs' / 'study.jsonl'} (add -v to print everything)")
+    return _report(run_study(cfg, resume=False), cfg)
+
+
+def _say(line: str, file: TextIO | None = None) -> None:
+    """A console line, also kept in the study's JSON log."""
+    print(line, file=file, flush=True)
+    logger.info(line, extra=FILE_ONLY)
 
 
 def _study_logging(cfg: object) -> None:
@@ -137,7 +154,14 @@ def _resume(cfg: object) -> int:
     from tune_app.study import ensure_prepared
     from tune_app.tracking.replay import replay_pending
     from tune_app.tracking.uri import create_sqlite_store
-    from tune_app.tuner import can_restore, check_resources, has_tune_state, run_study, study_status
+    from tune_app.tuner import (
+        can_restore,
+        check_resources,
+        check_tune_state_readable,
+        has_tune_state,
+        run_study,
+        study_status,
+    )
 
     assert isinstance(cfg, AppConfig)
     study = cfg.study_dir
@@ -148,6 +172,7 @@ def _resume(cfg: object) -> int:
         logger.info("Tune saved no state in %s (interrupted at start-up): starting the study from its saved "
                     "config", study)
         return _start(cfg)
+    check_tune_state_readable(study)
     ensure_prepared(cfg)
     create_sqlite_store(cfg.tracking_uri)
     _study_logging(cfg)
@@ -157,13 +182,15 @@ def _resume(cfg: object) -> int:
     status = study_status(cfg)
     if status.complete:
         replay_pending(cfg.study_dir, cfg.tracking_uri, experiment_name=cfg.experiment_name)  # nothing else replays it
-        print(f"Study {cfg.study_dir} is already complete: {status.ended}/{status.num_samples} "
-              f"trials ({status.counts_line}; best {cfg.tune.metric} {status.best_score}). Nothing was re-run.")
+        _say(f"Study {cfg.study_dir} is already complete: {status.ended}/{status.num_samples} "
+             f"trials ({status.counts_line}); {status.best_line}. Nothing was re-run.")
         _tracking_note(cfg.study_dir)
-        return _evaluate_on_finish(cfg.study_dir)
-    logger.info("resuming %s: %d/%d trials ended (%s)", cfg.study_dir, status.ended, status.num_samples,
-                status.counts_line)
-    return _report(run_study(cfg, resume=True))
+        code = _evaluate_on_finish(cfg.study_dir)
+        _say(mlflow_hint(cfg))
+        return code
+    _say(f"Resuming {cfg.study_dir}: {status.ended}/{status.num_samples} trials ended ({status.counts_line}); "
+         f"{status.best_line}")
+    return _report(run_study(cfg, resume=True), cfg)
 
 
 def _evaluate_on_finish(study_dir: Path) -> int:
@@ -179,19 +206,54 @@ def _evaluate_on_finish(study_dir: Path) -> int:
               file=sys.stderr)
         return 1
     if path is not None:
-        print(f"Test evaluation: {path} (plots: {path.parent / 'evaluation_report.html'})")
+        _say(f"Test evaluation: {_test_score(path)}report {path.parent / 'evaluation_report.html'} (JSON: {path})")
+    elif (study_dir / "evaluation_report.json").is_file():
+        _say(f"Test evaluation: report {study_dir / 'evaluation_report.html'} (done before)")
     return 0
 
 
-def _report(outcome: object) -> int:
+def _test_score(report_path: Path) -> str:
+    """``test macro-F1 0.8739 (trial f33bdb02); `` from a written report ('' if unreadable)."""
+    import json
+
+    try:
+        report = json.loads(report_path.read_text())
+        value = report["test_metrics"]["criteria_matching"]["macro_f1"]
+        return f"test macro-F1 {value:.4g} (trial {report['best_trial_id']}); "
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def mlflow_hint(cfg: object) -> str:
+    """How to open the study's MLflow runs (the local store's UI command, or the server's address)."""
+    from tune_app.config import AppConfig
+
+    assert isinstance(cfg, AppConfig)
+    uri = cfg.tracking_uri
+    if uri.startswith("sqlite:"):
+        return (f"MLflow (experiment {cfg.experiment_name}): mlflow ui --backend-store-uri {uri} --port 5000, "
+                "then open http://127.0.0.1:5000")
+    return f"MLflow (experiment {cfg.experiment_name}): {uri}"
+
+
+def _elapsed() -> str:
+    from tune_app.tracking.progress import format_duration
+
+    start = _CLOCK.get("start")
+    return f" in {format_duration(time.monotonic() - start)}" if start is not None else ""
+
+
+def _report(outcome: object, cfg: object) -> int:
     from tune_app.tuner import StudyOutcome
 
     assert isinstance(outcome, StudyOutcome)
     if outcome.complete:
-        print(f"Study complete: {outcome.ended}/{outcome.num_samples} trials ({outcome.counts_line}); best trial "
-              f"{outcome.best_trial_id} with score {outcome.best_score}. Results in {outcome.study_dir}")
+        _say(f"Study complete: {outcome.ended}/{outcome.num_samples} trials ({outcome.counts_line}){_elapsed()}; "
+             f"{outcome.best_line}. Results in {outcome.study_dir}")
         _tracking_note(outcome.study_dir)
-        return _evaluate_on_finish(outcome.study_dir)
+        code = _evaluate_on_finish(outcome.study_dir)
+        _say(mlflow_hint(cfg))
+        return code
     if outcome.errored:
         for trial, error_file in outcome.failures:
             print(f"Trial {trial} failed:\n{trial_error(error_file)}\n"
@@ -200,10 +262,11 @@ def _report(outcome: object) -> int:
               f"{outcome.num_samples}). After fixing the cause, resume: python -m tune_app.run resume={outcome.study_dir}",
               file=sys.stderr)
         _tracking_note(outcome.study_dir, sys.stderr)
+        _say(mlflow_hint(cfg), file=sys.stderr)
         return 1
-    print(f"Study interrupted: {outcome.ended}/{outcome.num_samples} trials ended ({outcome.counts_line}). "
-          f"Resume with:\n"
-          f"  python -m tune_app.run resume={outcome.study_dir}", file=sys.stderr)
+    _say(f"Study interrupted: {outcome.ended}/{outcome.num_samples} trials ended ({outcome.counts_line}"
+         f"{_elapsed()}); {outcome.best_line}. Resume with:\n"
+         f"  python -m tune_app.run resume={outcome.study_dir}", file=sys.stderr)
     _tracking_note(outcome.study_dir, sys.stderr)
     return 130
 

@@ -47,6 +47,9 @@ class StudyOutcome:
     #: Trials Tune's saved state still holds as running (their own files may say they ended):
     #: a resume must run them so their last results reach Tune and MLflow.
     pending_in_tune: int = 0
+    #: The epoch of ``best_score`` in the best trial.
+    best_epoch: int | None = None
+    metric: str = "val_macro_f1"
 
     @property
     def errored(self) -> int:
@@ -64,6 +67,16 @@ class StudyOutcome:
     @property
     def complete(self) -> bool:
         return self.ended >= self.num_samples and self.errored == 0 and self.pending_in_tune == 0
+
+    @property
+    def best_line(self) -> str:
+        """``best trial f33bdb02: val_macro_f1 0.8912 (epoch 7)`` (``no trial scored yet`` before any)."""
+        from tune_app.tracking.progress import fmt
+
+        if self.best_score is None:
+            return "no trial scored yet"
+        epoch = f" (epoch {self.best_epoch})" if self.best_epoch else ""
+        return f"best trial {self.best_trial_id}: {self.metric} {fmt(self.best_score)}{epoch}"
 
     @property
     def counts_line(self) -> str:
@@ -123,7 +136,10 @@ def make_trainable(cfg: AppConfig) -> Any:
 
     _env_for_tune()
     available = ray.cluster_resources() if ray.is_initialized() else {"CPU": float(os.cpu_count() or 1)}
-    bound = tune.with_parameters(train_trial, app_config=cfg.to_dict())
+    app_config = cfg.to_dict()
+    # A relative storage path would name another folder in a Ray worker (its cwd is not ours).
+    app_config["tune"]["storage_path"] = str(cfg.storage_dir)
+    bound = tune.with_parameters(train_trial, app_config=app_config)
     return tune.with_resources(bound, trial_resources(cfg, available))
 
 
@@ -154,7 +170,7 @@ def make_callbacks(cfg: AppConfig) -> list[Any]:
         StoragePressureCallback.from_config(cfg, retention),
         mlflow_cb,
         ProgressCallback(num_samples=cfg.tune.num_samples, metric=cfg.tune.metric, mode=cfg.tune.mode,
-                         study_dir=cfg.study_dir, mlflow_callback=mlflow_cb),
+                         study_dir=cfg.study_dir, mlflow_callback=mlflow_cb, max_epochs=cfg.tune.max_epochs),
     ]
 
 
@@ -167,13 +183,26 @@ def _ray_init(cfg: AppConfig) -> None:
     # A reused worker waits this long for the last trial's thread to end (after its final
     # report: cleanup, logs); Tune's 2 s default made a loaded machine start a new worker.
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
+    from tune_app.logs import quiet_library_console, verbose
+
+    loud = verbose()
+    if not loud:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # its verbose=0 still prints a config table
+        # Its notice that the local cluster uses a token (printed before any handler of ours can see it).
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     ray.init(
         include_dashboard=cfg.tune.include_dashboard,
         dashboard_host=os.environ.get("TUNE_APP_DASHBOARD_HOST", "127.0.0.1"),
-        configure_logging=True,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
+        # Quiet (the default): Ray's records go through our logging (study log; console at
+        # ERROR), and the workers' output stays in their logs (trial.jsonl, Ray's session logs).
+        configure_logging=loud,
+        logging_level=logging.INFO if loud else logging.WARNING,
+        log_to_driver=loud,
     )
+    if not loud:
+        # Ray's records go to ours: the study's JSON log, and the quiet console rule.
+        logging.getLogger("ray").propagate = True
+        quiet_library_console("ray")
 
 
 def _env_for_tune() -> None:
@@ -193,6 +222,7 @@ def _env_for_tune() -> None:
     state_sync.no_forced_sync_per_checkpoint()
     state_sync.encode_state_incrementally()
     state_sync.new_trials_follow_moved_study()
+    state_sync.failed_restore_is_fatal()
 
 
 def make_scheduler(cfg: AppConfig) -> Any:
@@ -200,6 +230,13 @@ def make_scheduler(cfg: AppConfig) -> Any:
     from tune_app.early_stopping import make_scheduler as _make
 
     return _make(cfg)
+
+
+def tune_verbosity(cfg: AppConfig) -> int:
+    """Tune's own console output: ``tune.verbose`` with ``-v``, else none (our lines replace it)."""
+    from tune_app.logs import verbose
+
+    return cfg.tune.verbose if verbose() else 0
 
 
 def build_tuner(cfg: AppConfig) -> Any:
@@ -211,6 +248,10 @@ def build_tuner(cfg: AppConfig) -> Any:
     from tune_app.search import EarlyStopAwareOptunaSearch
 
     _env_for_tune()
+    from tune_app.logs import verbose
+
+    if not verbose():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory..."
     space = load_space(cfg.searchspace, max_epochs=cfg.tune.max_epochs, model=cfg.model.name)
     sampler = optuna.samplers.TPESampler(seed=cfg.tune.sampler_seed, n_startup_trials=cfg.tune.n_startup_trials)
     search = EarlyStopAwareOptunaSearch(space=space, metric=cfg.tune.metric, mode=cfg.tune.mode, sampler=sampler,
@@ -244,7 +285,7 @@ def build_tuner(cfg: AppConfig) -> Any:
                 checkpoint_score_order=cfg.tune.mode,
             ),
             failure_config=tune.FailureConfig(max_failures=0),
-            verbose=cfg.tune.verbose,
+            verbose=tune_verbosity(cfg),
         ),
     )
 
@@ -266,6 +307,7 @@ def restore_tuner(cfg: AppConfig) -> Any:
     local = tuner._local_tuner
     assert local is not None, "Tuner.restore without a local tuner (Ray changed?)"
     local.get_run_config().callbacks = make_callbacks(cfg)
+    local.get_run_config().verbose = tune_verbosity(cfg)  # this command's -v, not the first one's
     return tuner
 
 
@@ -284,6 +326,28 @@ def can_restore(study_dir: Path) -> bool:
 
     return has_tune_state(study_dir) and bool(
         tune.Tuner.can_restore(str(study_dir), storage_filesystem=atomic_storage_filesystem()))
+
+
+def check_tune_state_readable(study_dir: Path) -> None:
+    """The experiment state ``Tuner.restore`` will read (the newest) is JSON; else a ``ConfigError``.
+
+    Tune writes it atomically (``atomic_fs``), so only a hand edit or a bad copy tears it;
+    restoring from it would fail with a traceback.
+    """
+    import json
+
+    from tune_app.config import ConfigError
+
+    states = sorted(study_dir.glob("experiment_state-*.json"))
+    if not states:
+        return
+    newest = states[-1]
+    try:
+        json.loads(newest.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        older = f" or move it aside to resume from the older {states[-2].name}" if len(states) > 1 else ""
+        raise ConfigError(f"resume={study_dir}: Tune's saved state {newest.name} is unreadable ({exc}). Restore "
+                          f"it from a backup{older}; the study's trials were not touched") from None
 
 
 def discard_unstarted_tune_files(study_dir: Path) -> list[str]:
@@ -351,7 +415,7 @@ def summarise(result_grid: Any, cfg: AppConfig) -> StudyOutcome:
     trials = _tune_trials(result_grid)
     terminated = stopped = 0
     failures: list[tuple[str, Path | None]] = []
-    best_id, best = None, None
+    best_id, best, best_ep = None, None, None
     for i, result in enumerate(result_grid):
         metrics = result.metrics or {}
         trial = trials[i] if trials else None
@@ -368,11 +432,12 @@ def summarise(result_grid: Any, cfg: AppConfig) -> StudyOutcome:
         elif kind == outcome.STOPPED:
             stopped += 1
         # The trial's best epoch (as the study report), not its last one.
-        score, _ = outcome.best_epoch([*state.get("history", []), metrics], cfg.tune.metric)
+        score, epoch = outcome.best_epoch([*state.get("history", []), metrics], cfg.tune.metric)
         if score is not None and (best is None or score > best):
-            best, best_id = score, metrics.get("trial_id")
+            best, best_id, best_ep = score, metrics.get("trial_id"), epoch
     return StudyOutcome(study_dir=cfg.study_dir, num_samples=cfg.tune.num_samples, terminated=terminated,
-                        best_trial_id=best_id, best_score=best, failures=tuple(failures), stopped=stopped)
+                        best_trial_id=best_id, best_score=best, failures=tuple(failures), stopped=stopped,
+                        best_epoch=best_ep, metric=cfg.tune.metric)
 
 
 def run_study(cfg: AppConfig, *, resume: bool) -> StudyOutcome:

@@ -35,6 +35,42 @@ def test_study_completes(study: tuple[Path, Path, int]) -> None:
     assert "Study complete: 2/2 trials" in log.read_text()
 
 
+def test_console_is_quiet_one_line_per_trial_and_a_summary(study: tuple[Path, Path, int]) -> None:
+    """stdout + stderr of the default (quiet) console, written to a file: what a new user reads."""
+    import re
+
+    from tune_app import outcome
+
+    storage, log, _ = study
+    text = log.read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert "\x1b[" not in text, "colour codes in a file"
+    for noise in ("Checkpoint successfully created", "Trial status", "A new study created", "Token authentication",
+                  "View detailed results", "INFO", "Creating initial MLflow database", "╭"):
+        assert noise not in text, (noise, text[-3000:])
+    study_dir = storage / NAME
+    assert lines[0].startswith(f"Study {study_dir}: 2 trials of up to 2 epochs | model tiny | data synthetic")
+    trial_lines = [line for line in lines if re.match(r"trial \d/2 [0-9a-f]{8} \| ", line)]
+    assert len(trial_lines) == 2, lines
+    best: dict[str, float] = {}
+    for folder in trial_dirs(study_dir):
+        state = trial_state(folder)
+        score, epoch = outcome.best_epoch(state["history"], "val_macro_f1")
+        assert score is not None
+        tid = folder.name.split("_")[2]
+        best[tid] = score
+        line = next(line for line in trial_lines if f" {tid} |" in line)
+        assert f"best val_macro_f1 {score:.4g} (epoch {epoch})" in line and "| lr=" in line, line
+    top = max(best, key=lambda t: best[t])
+    summary = next(line for line in lines if line.startswith("Study complete: 2/2 trials"))
+    assert f"best trial {top}: val_macro_f1 {best[top]:.4g}" in summary
+    assert any(line.startswith("Test evaluation: test macro-F1 ") for line in lines)
+    assert any(f"mlflow ui --backend-store-uri sqlite:///{storage}/mlflow.db" in line for line in lines)
+    assert len(lines) <= 8, lines
+    kept = (study_dir / "logs" / "study.jsonl").read_text()
+    assert "trials of up to 2 epochs" in kept and "Study complete" in kept, "console lines stay in the study log"
+
+
 def test_study_folder_holds_config_splits_and_trials(study: tuple[Path, Path, int]) -> None:
     storage, _, _ = study
     study_dir = storage / NAME

@@ -195,8 +195,10 @@ def test_the_study_summary_counts_buffered_records_and_gives_the_replay_command(
         {"op": "run", "run_id": "r0", "match": {}, "tags": {}, "params": {}},  # a description: not counted
         {"run_id": "r0", "key": "loss", "step": 1, "value": 1.0, "timestamp": 1},
         {"op": "status", "run_id": "r0", "status": "FINISHED", "timestamp": 2}])
+    from tune_app.config import compose
+
     outcome = StudyOutcome(study_dir=tmp_path, num_samples=2, terminated=1, best_trial_id="t", best_score=0.5)
-    assert _report(outcome) == 130
+    assert _report(outcome, compose([f"tune.storage_path={tmp_path}"])) == 130
     err = capsys.readouterr().err
     assert f"MLflow: 2 record(s) still buffered in {tmp_path / 'mlflow_buffer.jsonl'}" in err
     assert f"replay them with: python -m tune_app.run resume={tmp_path}" in err
