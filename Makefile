@@ -7,7 +7,8 @@ ARGS ?=
 .PHONY: help install tune resume evaluate cleanup test test-slow test-all lint format lock
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}' \
+		| sed -e 's|$$(HOST)|$(HOST)|g' -e 's|$$(PORT)|$(PORT)|g'
 
 install: ## Create .venv/ from poetry.lock (CPU torch here; see README for CUDA)
 	bash scripts/install.sh
@@ -46,6 +47,10 @@ lock: ## Re-lock dependencies (slow: ~8 min of resolver time)
 
 # --- environment check and container targets (docker/, docs/container.md) ------------
 COMPOSE ?= docker compose -f docker/docker-compose.yml
+# make mlflow-ui: where the MLflow UI listens (make mlflow-ui PORT=5055 HOST=0.0.0.0). HOST is not
+# taken from the environment (tcsh exports HOST=<hostname>): the UI stays on loopback unless asked.
+PORT ?= 5000
+HOST = 127.0.0.1
 # The GPU service when this host has an NVIDIA driver, else the CPU-only profile.
 SERVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo trainer || echo trainer-cpu)
 .PHONY: validate-env mlflow-ui build shell tune-container
@@ -53,8 +58,8 @@ SERVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo trainer || echo
 validate-env: ## Check Python/packages, device, disk vs retention, MLflow, HF cache, Ray (ARGS="model=minilm")
 	$(PY) -m tune_app.validate_env $(ARGS)
 
-mlflow-ui: ## MLflow UI on http://127.0.0.1:5000 for experiments/mlflow.db
-	.venv/bin/mlflow ui --backend-store-uri sqlite:///experiments/mlflow.db --host 127.0.0.1 --port 5000
+mlflow-ui: ## MLflow UI on http://$(HOST):$(PORT) for experiments/mlflow.db (set PORT=, HOST=)
+	.venv/bin/mlflow ui --backend-store-uri sqlite:///experiments/mlflow.db --host $(HOST) --port $(PORT)
 
 build: ## Build the container image (SERVICE=trainer: CUDA, trainer-cpu: CPU; default from nvidia-smi)
 	$(COMPOSE) --profile cpu build $(SERVICE)

@@ -278,3 +278,13 @@ def test_container_targets_run_the_same_module_commands(compose: dict[str, Any])
     ui = shlex.split(_make("-n", "mlflow-ui"))
     assert ui == [".venv/bin/mlflow", "ui", "--backend-store-uri", "sqlite:///experiments/mlflow.db",
                   "--host", "127.0.0.1", "--port", "5000"]
+
+
+def test_mlflow_ui_port_and_host_are_settable(monkeypatch: pytest.MonkeyPatch) -> None:
+    ui = shlex.split(_make("-n", "mlflow-ui", "PORT=5055"))
+    assert ui[-4:] == ["--host", "127.0.0.1", "--port", "5055"]
+    assert shlex.split(_make("-n", "mlflow-ui", "HOST=0.0.0.0", "PORT=5056"))[-4:] == [
+        "--host", "0.0.0.0", "--port", "5056"]
+    assert "http://127.0.0.1:5055 " in _make("help", "PORT=5055")  # the help text shows the port used
+    monkeypatch.setenv("HOST", "some-hostname")  # tcsh exports HOST: the UI must stay on loopback
+    assert shlex.split(_make("-n", "mlflow-ui"))[-4:] == ["--host", "127.0.0.1", "--port", "5000"]

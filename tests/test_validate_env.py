@@ -187,7 +187,8 @@ def test_nltk_data_required_only_when_augmenting(tmp_path: Path, monkeypatch: py
 
 def test_parse_args_skip_and_overrides() -> None:
     assert ve.parse_args(["--skip", "ray,mlflow", "model=minilm", "--skip=disk"]) == (
-        {"ray", "mlflow", "disk"}, ["model=minilm"])
+        {"ray", "mlflow", "disk"}, ["model=minilm"], False)
+    assert ve.parse_args(["--json", "seed=1"]) == (set(), ["seed=1"], True)
     with pytest.raises(ConfigError, match="allowed"):
         ve.parse_args(["--skip", "rays"])
 
@@ -202,7 +203,7 @@ def _cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.Comp
 
 
 def test_cli_passes_with_overrides_and_starts_ray(tmp_path: Path) -> None:
-    out = _cli("model=minilm", f"tune.storage_path={tmp_path / 'x'}", env_extra={"HF_TOKEN": SECRET})
+    out = _cli("--json", "model=minilm", f"tune.storage_path={tmp_path / 'x'}", env_extra={"HF_TOKEN": SECRET})
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
     assert report["ok"] is True and report["config"]["model"] == "minilm"
@@ -215,9 +216,9 @@ def test_cli_passes_with_overrides_and_starts_ray(tmp_path: Path) -> None:
     assert SECRET not in out.stdout + out.stderr
 
 
-def test_cli_failure_exit_1_with_fix_on_stderr(tmp_path: Path) -> None:
+def test_cli_json_failure_exit_1_with_fix_on_stderr(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
-    out = _cli("--skip", "ray", f"tune.storage_path={tmp_path / 'file' / 'sub'}")
+    out = _cli("--json", "--skip", "ray", f"tune.storage_path={tmp_path / 'file' / 'sub'}")
     assert out.returncode == 1
     assert json.loads(out.stdout)["ok"] is False
     line = next(ln for ln in out.stderr.splitlines() if ln.startswith("FAIL experiments_dir:"))
@@ -227,3 +228,37 @@ def test_cli_failure_exit_1_with_fix_on_stderr(tmp_path: Path) -> None:
 def test_cli_bad_override_exit_2() -> None:
     out = _cli("model=nope")
     assert out.returncode == 2 and "allowed values" in out.stderr and out.stdout == ""
+
+
+def test_cli_human_verdict_one_line_per_check(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    out = _cli("--skip", "ray,packages", f"tune.storage_path={tmp_path / 'file' / 'sub'}",
+               env_extra={"HF_TOKEN": SECRET})
+    assert out.returncode == 1, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("validate_env: model=tiny")
+    rows = {ln.split()[1]: ln for ln in lines[1:-1]}
+    assert list(rows) == list(ve.CHECKS), out.stdout  # one line per check, in order, skipped ones too
+    assert rows["ray"].startswith("SKIP") and rows["packages"].startswith("SKIP")
+    assert rows["experiments_dir"].startswith("FAIL") and "-> fix: tune.storage_path=" in rows["experiments_dir"]
+    assert rows["python"].startswith("OK") and "Python 3.11" in rows["python"]
+    assert rows["huggingface"].startswith("OK") and "token: env HF_TOKEN" in rows["huggingface"]
+    assert lines[-1].startswith("1 check failed: experiments_dir")
+    assert SECRET not in out.stdout + out.stderr
+    assert not out.stdout.lstrip().startswith("{")  # JSON only with --json
+
+
+def test_verdict_lines_ready_warn_and_failures() -> None:
+    ok = ve.Check("python", True, detail={"version": "3.11.9", "requires": ">=3.11"})
+    warned = ve.Check("disk", True, detail={"free": "1 GiB", "warning": "retention will prune harder"})
+    optional = ve.Check("huggingface", False, required=False, problem="cache odd", fix="set HF_HOME")
+    lines = ve.verdict_lines([ok, warned, optional], skip={"ray"})
+    assert lines[0].startswith("OK    python") and "3.11.9" in lines[0]
+    assert lines[1].startswith("WARN  disk") and "prune harder" in lines[1]
+    assert lines[2].startswith("WARN  huggingface") and "-> fix: set HF_HOME" in lines[2]
+    assert lines[3].startswith("SKIP  ray")
+    assert lines[-1] == "ready: 3 checks run, none failed; 2 warnings (disk, huggingface); 1 skipped (ray)"
+    bad = [ve.Check("mlflow", False, problem="p", fix="f"), ve.Check("torch", False, problem="q", fix="g")]
+    assert ve.verdict_lines(bad)[-1] == "2 checks failed: torch, mlflow (fixes above)"  # in CHECKS order
+    crashed = ve.Check("nltk", False, problem="check crashed: KeyError: 'x'", fix="see the error")
+    assert ve.verdict_lines([crashed])[0].startswith("FAIL  nltk")

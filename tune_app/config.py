@@ -8,6 +8,7 @@ the value and the allowed values.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -244,6 +245,22 @@ def group_options(group: str, config_dir: Path = CONFIG_DIR) -> list[str]:
     return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
 
 
+def config_groups(config_dir: Path = CONFIG_DIR) -> list[str]:
+    """The Hydra config groups: folders of ``configs/`` holding YAML options (model, data...)."""
+    return sorted(d.name for d in config_dir.iterdir() if d.is_dir() and any(d.glob("*.yaml")))
+
+
+def close_match(word: str, options: typing.Iterable[Any]) -> str | None:
+    """The option closest to a misspelt ``word`` (case-insensitive), or None when none is close."""
+    by_lower = {str(o).lower(): str(o) for o in options}
+    found = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[found[0]] if found else None
+
+
+def _did_you_mean(suggestion: str | None) -> str:
+    return f" (did you mean {suggestion}?)" if suggestion else ""
+
+
 def _from_mapping(cls: type, data: Any, prefix: str) -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by name."""
     if not isinstance(data, dict):
@@ -252,10 +269,8 @@ def _from_mapping(cls: type, data: Any, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"unknown key(s) {', '.join(f'{prefix}{k}' for k in unknown)}; "
-            f"allowed keys: {', '.join(prefix + k for k in fields)}"
-        )
+        named = ", ".join(f"{prefix}{k}{_did_you_mean(_suggest_key(f'{prefix}{k}'))}" for k in unknown)
+        raise ConfigError(f"unknown key(s) {named}; allowed keys: {', '.join(prefix + k for k in fields)}")
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
@@ -351,6 +366,18 @@ def from_omegaconf(conf: DictConfig) -> AppConfig:
 
 def compose(overrides: list[str], config_dir: Path = CONFIG_DIR) -> AppConfig:
     """Compose ``configs/config.yaml`` with Hydra command-line overrides and validate it."""
+    return from_omegaconf(compose_conf(overrides, config_dir))
+
+
+def default_choices(config_dir: Path = CONFIG_DIR) -> dict[str, str]:
+    """The option each config group composes by default (its entry in the defaults list)."""
+    choices = compose_conf([], config_dir, return_hydra_config=True).hydra.runtime.choices
+    return {str(k): str(v) for k, v in choices.items() if not str(k).startswith("hydra/") and v is not None}
+
+
+def compose_conf(overrides: list[str], config_dir: Path = CONFIG_DIR, *,
+                 return_hydra_config: bool = False) -> DictConfig:
+    """Hydra's composed (not yet validated) config; Hydra's errors become one-line ``ConfigError``s."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -361,14 +388,16 @@ def compose(overrides: list[str], config_dir: Path = CONFIG_DIR) -> AppConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            conf = hydra_compose(config_name="config", overrides=overrides)
+            return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=return_hydra_config)
     except MissingConfigException as exc:
         found = re.search(r"Could not find '([\w-]+)/([^']+)'", str(exc))
         if found:
             group, value = found.groups()
+            options = group_options(group, config_dir)
+            suggestion = close_match(value, options)
             raise ConfigError(
-                f"{group}={value!r} is not allowed; allowed values: "
-                f"{', '.join(group_options(group, config_dir))} (files in configs/{group}/)"
+                f"{group}={value!r} is not allowed{_did_you_mean(suggestion and f'{group}={suggestion}')}; "
+                f"allowed values: {', '.join(options)} (files in configs/{group}/)"
             ) from None
         raise ConfigError(str(exc).splitlines()[0]) from None
     except (HydraException, OmegaConfBaseException) as exc:
@@ -378,7 +407,6 @@ def compose(overrides: list[str], config_dir: Path = CONFIG_DIR) -> AppConfig:
         raise ConfigError(f"bad override: {str(exc).splitlines()[0]}") from None
     finally:
         GlobalHydra.instance().clear()
-    return from_omegaconf(conf)
 
 
 def _check_override_syntax(overrides: list[str]) -> None:
@@ -407,21 +435,50 @@ def _check_override_syntax(overrides: list[str]) -> None:
 
 
 def _unknown_key_message(key: str) -> str:
-    """``unknown key tune.nope; allowed keys of tune: ...`` for a key Hydra could not override."""
-    section = key.rpartition(".")[0]
+    """``unknown key 'tune.nope': check the spelling; allowed keys of tune: ...`` for a key Hydra
+    could not override, with ``(did you mean tune.num_samples?)`` when a known key is close."""
+    parts = key.split(".")
     cls: Any = AppConfig
-    for part in filter(None, section.split(".")):
-        hint = typing.get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
+    for depth, part in enumerate(parts[:-1]):
+        names = [f.name for f in dataclasses.fields(cls)]
+        section = ".".join(parts[:depth])
+        if part not in names:  # a misspelt section (tnue.num_samples)
+            where = f"of {section}" if section else "(top level)"
+            return (f"unknown key {key!r}{_did_you_mean(_suggest_key(key))}: check the spelling; "
+                    f"allowed keys {where}: {', '.join(names)}")
+        hint = typing.get_type_hints(cls)[part]
         if not dataclasses.is_dataclass(hint):
-            return f"unknown key {key!r}: {section} has no sub-keys; check the spelling"
+            return f"unknown key {key!r}: {'.'.join(parts[:depth + 1])} has no sub-keys; check the spelling"
         cls = hint
+    section = ".".join(parts[:-1])
     allowed = ", ".join(f.name for f in dataclasses.fields(cls))
-    return f"unknown key {key!r}: check the spelling; allowed keys{f' of {section}' if section else ''}: {allowed}"
+    return (f"unknown key {key!r}{_did_you_mean(_suggest_key(key))}: check the spelling; "
+            f"allowed keys{f' of {section}' if section else ''}: {allowed}")
+
+
+def _suggest_key(key: str) -> str | None:
+    """The known dotted key closest to a misspelt one, part by part (``tnue.nmu_samples`` ->
+    ``tune.num_samples``); None when a part has no close match or the key is already known."""
+    cls: Any = AppConfig
+    fixed: list[str] = []
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        match = part if part in {f.name for f in dataclasses.fields(cls)} else \
+            close_match(part, [f.name for f in dataclasses.fields(cls)])
+        if match is None:
+            return None
+        fixed.append(match)
+        cls = typing.get_type_hints(cls)[match]
+    suggestion = ".".join(fixed)
+    return suggestion if suggestion != key else None
 
 
 def _choice(key: str, value: Any, allowed: list[str] | tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
+        suggestion = close_match(str(value), allowed)
+        raise ConfigError(f"{key}={value!r} is not allowed{_did_you_mean(suggestion and f'{key}={suggestion}')}; "
+                          f"allowed values: {', '.join(map(str, allowed))}")
 
 
 def _positive_int(key: str, value: Any, minimum: int = 1) -> None:

@@ -1,5 +1,8 @@
 """``python -m tune_app.run [overrides...]`` | ``python -m tune_app.run resume=<study dir>``.
 
+(``--help`` lists every config group, option and default; ``--cfg job [overrides...]``
+prints the composed config and runs nothing: ``tune_app.cli_help``.)
+
 Starts a study (Hydra overrides such as ``model=minilm tune.num_samples=50``) or
 resumes an interrupted one (the same as ``Tuner.restore`` on that folder). Known
 errors become one clear message and a non-zero exit, never a traceback.
@@ -29,16 +32,6 @@ _CLOCK: dict[str, float] = {}
 #: Mirrored on the console by a print: in the study's JSON log only.
 FILE_ONLY = {"console": False}
 
-USAGE = """usage: python -m tune_app.run [key=value ...]
-       python -m tune_app.run resume=<study dir>
-
-Start a Ray Tune + Optuna study, or resume one (-v: print everything, Ray and Tune included).
-Overrides are Hydra syntax, e.g.
-  python -m tune_app.run tune.num_samples=3 tune.max_epochs=2 model=tiny
-  python -m tune_app.run model=minilm retention=aggressive tune.num_samples=50
-Config groups (configs/): model, data, retention, tune, train; keys: searchspace, seed.
-"""
-
 
 def _resume_target(overrides: list[str]) -> tuple[str | None, list[str]]:
     rest, target = [], None
@@ -55,13 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     install_std_streams()  # nothing printed by this process or its Ray workers carries a secret
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in {"-h", "--help"} for a in args):
-        print(USAGE)
+        from tune_app.cli_help import help_text
+
+        print(help_text())
         return 0
     loud = any(a in VERBOSE_FLAGS for a in args)
     args = [a for a in args if a not in VERBOSE_FLAGS]
     _CLOCK["start"] = time.monotonic()
     setup_logging(verbose_console=loud)
     try:
+        from tune_app.cli_help import cfg_text, wants_cfg
+
+        if wants_cfg(args):
+            print(cfg_text(args))
+            return 0
         return _run(args)
     except KNOWN_ERRORS as exc:
         print(sanitize(format_error(exc)), file=sys.stderr)

@@ -6,8 +6,11 @@ device, a writable experiments dir, free disk against the retention policy's nee
 the MLflow store, the Hugging Face cache and token (the token is never printed),
 NLTK data (when augmentation is on) and a short ``ray.init`` + shutdown.
 
-stdout: one JSON report. stderr: one line per failure with its fix (and per warning).
-Exit codes: 0 every required check passed, 1 a required check failed, 2 bad input.
+stdout: a human verdict, one line per check (``OK``/``WARN``/``FAIL``/``SKIP``, its name and
+a short detail; a failure also names its fix), then ``ready`` or ``N checks failed: ...``.
+``--json``: the full JSON report on stdout instead, and one line per failure with its fix
+(and per warning) on stderr. Exit codes: 0 every required check passed, 1 a required check
+failed, 2 bad input.
 """
 
 from __future__ import annotations
@@ -445,30 +448,114 @@ def run_checks(cfg: AppConfig, skip: set[str] | frozenset[str] = frozenset()) ->
     return out
 
 
-USAGE = f"""usage: python -m tune_app.validate_env [--skip NAME[,NAME]] [key=value ...]
+USAGE = f"""usage: python -m tune_app.validate_env [--json] [--skip NAME[,NAME]] [key=value ...]
 
 Checks this machine for the configuration the overrides compose (as tune_app.run), e.g.
   python -m tune_app.validate_env model=minilm tune.storage_path=/mnt/big
-Checks: {', '.join(CHECKS)}. JSON on stdout, one line per failure (with its fix) on stderr.
+Checks: {', '.join(CHECKS)}.
+Prints one line per check (OK, WARN, FAIL with its fix, SKIP) and a verdict; --json prints
+the full JSON report instead (failures with their fixes on stderr).
 Exit 0: all required checks pass; 1: a required check failed; 2: bad arguments.
 """
 
 
-def parse_args(argv: list[str]) -> tuple[set[str], list[str]]:
-    """``(checks to skip, Hydra overrides)``; raises ``ConfigError`` on an unknown check."""
+def parse_args(argv: list[str]) -> tuple[set[str], list[str], bool]:
+    """``(checks to skip, Hydra overrides, --json given)``; raises ``ConfigError`` on an unknown check."""
     skip: set[str] = set()
     overrides: list[str] = []
+    as_json = False
     it = iter(argv)
     for arg in it:
         if arg == "--skip" or arg.startswith("--skip="):
             value = arg.partition("=")[2] if "=" in arg else next(it, "")
             skip.update(s for s in value.split(",") if s)
+        elif arg == "--json":
+            as_json = True
         else:
             overrides.append(arg)
     unknown = sorted(skip - set(CHECKS))
     if unknown:
         raise ConfigError(f"--skip {','.join(unknown)}: unknown check; allowed: {', '.join(CHECKS)}")
-    return skip, overrides
+    return skip, overrides, as_json
+
+
+# --- the human verdict --------------------------------------------------------------
+def _short_list(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def summary(check: Check) -> str:
+    """A short human detail of a passed check (what was found), from its ``detail``."""
+    d = check.detail
+    if check.name == "python":
+        return f"Python {d.get('version')} ({d.get('requires')})"
+    if check.name == "packages":
+        versions = d.get("versions", {})
+        text = f"{sum(v is not None for v in versions.values())} packages within pyproject's pins"
+        drift = d.get("differs_from_lock")
+        return text + (f"; differ from poetry.lock: {_short_list(drift)}" if drift else "")
+    if check.name == "torch":
+        where = ", ".join(d.get("gpus") or []) or d.get("device")
+        return f"torch {d.get('torch')} on {where} (train.device={d.get('train.device')})"
+    if check.name == "experiments_dir":
+        return f"{d.get('path')} is writable"
+    if check.name == "disk":
+        return (f"{d.get('free')} free under {d.get('path')}, needs {d.get('needed')} ({d.get('checkpoints_held')} "
+                f"checkpoints of {d.get('model')}, retention={d.get('retention')})")
+    if check.name == "mlflow":
+        exists = d.get("exists")
+        state = "" if exists is None else "store exists" if exists else "store will be created"
+        return f"{d.get('tracking_uri')}" + (f" ({state})" if state else "")
+    if check.name == "huggingface":
+        token = d.get("token_source") or "none"  # where the token comes from, never the token
+        needed = "needed" if d.get("needed") else "not needed by this config"
+        return f"cache {d.get('hub_cache')}, token: {token}, {'offline' if d.get('offline') else 'online'}; {needed}"
+    if check.name == "nltk":
+        if not d.get("augment.enabled"):
+            return "not needed (augment.enabled=false)"
+        return f"TextAttack data present in {d.get('nltk_data')}"
+    if check.name == "ray":
+        return f"ray {d.get('ray')} started and stopped in {d.get('seconds')} s"
+    return ""
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def verdict_lines(checks: list[Check], skip: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """One line per check (``OK``/``WARN``/``FAIL``/``SKIP``, name, detail; a failure names its
+    fix), in ``CHECKS`` order, then the verdict: ``ready: ...`` or ``N checks failed: ...``."""
+    width = max(len(c) for c in CHECKS)
+    by_name = {c.name: c for c in checks}
+    lines: list[str] = []
+    failed: list[str] = []
+    warned: list[str] = []
+    for name in [*CHECKS, *(n for n in by_name if n not in CHECKS)]:
+        c = by_name.get(name)
+        if c is None:
+            if name in skip:
+                lines.append(f"{'SKIP':<4}  {name:<{width}}  skipped (--skip)")
+            continue
+        if not c.ok:
+            tag = "FAIL" if c.required else "WARN"
+            text = f"{c.problem} -> fix: {c.fix}" if c.fix else str(c.problem)
+        else:
+            tag, text = "OK", summary(c)
+            if c.detail.get("warning"):
+                tag, text = "WARN", f"{text}; {c.detail['warning']}"
+        if tag == "FAIL":
+            failed.append(name)
+        elif tag == "WARN":
+            warned.append(name)
+        lines.append(f"{tag:<4}  {name:<{width}}  {text}".rstrip())
+    notes = "".join([f"; {_plural(len(warned), 'warning')} ({', '.join(warned)})" if warned else "",
+                     f"; {len(skip)} skipped ({', '.join(n for n in CHECKS if n in skip)})" if skip else ""])
+    if failed:
+        lines.append(f"{_plural(len(failed), 'check')} failed: {', '.join(failed)} (fixes above){notes}")
+    else:
+        lines.append(f"ready: {_plural(len(checks), 'check')} run, none failed{notes}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,14 +566,19 @@ def main(argv: list[str] | None = None) -> int:
     from tune_app.config import compose
 
     try:
-        skip, overrides = parse_args(args)
+        skip, overrides, as_json = parse_args(args)
         cfg = compose(overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    with contextlib.redirect_stdout(sys.stderr):  # keep stdout pure JSON
+    with contextlib.redirect_stdout(sys.stderr):  # stdout holds only the verdict (or pure JSON)
         checks = run_checks(cfg, skip)
     failed = [c for c in checks if c.required and not c.ok]
+    if not as_json:
+        print(f"validate_env: model={cfg.model.name} data={cfg.data.name} retention={cfg.retention.name} "
+              f"storage={cfg.storage_dir}")
+        print("\n".join(verdict_lines(checks, skip)))
+        return 1 if failed else 0
     report = {
         "ok": not failed,
         "config": {"overrides": overrides, "model": cfg.model.name, "data": cfg.data.source,
