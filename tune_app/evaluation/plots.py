@@ -62,8 +62,10 @@ def start_order(trial: TrialInfo) -> tuple[int, str]:
     return (int(found.group(1)) if found else sys.maxsize, trial.path.name)
 
 
-def plot_history(trials: list[TrialInfo], metric: str, path: Path) -> Path:
-    """Each trial's per-epoch scores, its best score, and the running best over trials (in start order)."""
+def history_figure(trials: list[TrialInfo], metric: str, mode: str = "max") -> Figure:
+    """Each trial's per-epoch scores, its best score, and the running best over trials (in start
+    order; the best is the highest score, the lowest with ``mode="min"``)."""
+    better = max if mode == "max" else min
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ordered = sorted(trials, key=start_order)
     best_so_far: list[float] = []
@@ -74,7 +76,7 @@ def plot_history(trials: list[TrialInfo], metric: str, path: Path) -> Path:
             ax.scatter([i] * len(ys), ys, s=12, color="0.7", zorder=1)
         if t.best_score is not None:
             ax.scatter([i], [t.best_score], s=36, color="tab:blue", zorder=2)
-            best_so_far.append(max([t.best_score, *best_so_far[-1:]]))
+            best_so_far.append(better([t.best_score, *best_so_far[-1:]]))
         else:
             best_so_far.append(best_so_far[-1] if best_so_far else math.nan)
     if ordered:
@@ -86,7 +88,12 @@ def plot_history(trials: list[TrialInfo], metric: str, path: Path) -> Path:
     ax.set_ylabel(metric)
     ax.set_title("Optimisation history (grey: every epoch, blue: trial best)")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
+
+
+def plot_history(trials: list[TrialInfo], metric: str, path: Path, mode: str = "max") -> Path:
+    """PNG of :func:`history_figure`."""
+    return _save(history_figure(trials, metric, mode), path)
 
 
 def _distribution(values: list[Any]) -> Any:
@@ -283,7 +290,7 @@ def render_all(report: dict[str, Any], trials: list[TrialInfo], out_dir: Path) -
     plots = Path(out_dir) / PLOTS_DIR
     pngs = {
         "Optimisation history": plot_history(trials, report["optimization_metric_name"],
-                                             plots / "optimization_history.png"),
+                                             plots / "optimization_history.png", report["optimization_mode"]),
         "Parameter importance": plot_importance(trials, plots / "param_importance.png"),
         "Per-criterion F1": plot_per_criterion_f1(report, plots / "per_criterion_f1.png"),
         "Confusion matrices": plot_confusion(report, plots / "confusion_matrices.png"),
