@@ -16,9 +16,13 @@ from tune_app.evaluation.plots import (
     history_figure,
     importance_figure,
     parallel_coordinate_figure,
+    precision_recall_figure,
 )
+from tune_app.evaluation.pr_curves import precision_recall_report
 from tune_app.evaluation.report import TrialInfo
 from tune_app.evaluation.trial_study import TUNE_TRIAL_ID_ATTR, plot_study
+
+NAMES = ["DEPRESSED_MOOD", "ANHEDONIA", "SLEEP_ISSUES"]
 
 
 def _trial(n: int, score: float | None, params: dict[str, Any], history: list[dict[str, Any]] | None = None
@@ -135,6 +139,58 @@ def test_parallel_coordinate_with_fewer_than_two_scored_trials_is_a_message(n: i
 def test_parallel_coordinate_without_params_is_a_message() -> None:
     fig = parallel_coordinate_figure([_trial(i, 0.1 * i, {}) for i in range(3)], "val_macro_f1")
     assert "the trials have no params" in _texts(fig)
+
+
+# --- precision-recall -----------------------------------------------------------------------
+def _labels(n: int = 40) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    labels = rng.random((n, 3)) < np.array([0.3, 0.5, 0.0])  # SLEEP_ISSUES: no positive
+    labels[0, :2] = True
+    return labels
+
+
+def test_pr_perfect_predictor_has_average_precision_one() -> None:
+    labels = _labels()
+    probs = np.where(labels, 0.9, 0.1)
+    section = precision_recall_report([probs], [labels], np.full(3, 0.5), NAMES, split="test")
+    assert section["skipped"] == ["SLEEP_ISSUES"] and set(section["per_criterion"]) == set(NAMES[:2])
+    for name in NAMES[:2]:
+        c = section["per_criterion"][name]
+        assert c["average_precision"] == pytest.approx(1.0)
+        assert c["operating_point"] == {"precision": 1.0, "recall": 1.0}
+    assert section["average_precision_macro"] == pytest.approx(1.0)
+    assert _section_errors(section, "precision_recall") == []
+
+
+def test_pr_constant_predictor_average_precision_is_the_positive_rate() -> None:
+    labels = _labels()
+    probs = np.full(labels.shape, 0.4)
+    section = precision_recall_report([probs, probs], [labels, labels], np.array([0.3, 0.5, 0.5]), NAMES,
+                                      split="test")
+    assert section["num_checkpoints"] == 2 and section["num_samples"] == 80  # pooled
+    for j, name in enumerate(NAMES[:2]):
+        c = section["per_criterion"][name]
+        assert c["average_precision"] == pytest.approx(labels[:, j].mean())
+        assert c["positive_rate"] == pytest.approx(labels[:, j].mean()) and c["positives"] == 2 * labels[:, j].sum()
+    # Threshold 0.3 < 0.4: everything predicted; 0.5: nothing predicted (no precision to mark).
+    assert section["per_criterion"]["DEPRESSED_MOOD"]["operating_point"] == \
+        {"precision": pytest.approx(labels[:, 0].mean()), "recall": 1.0}
+    assert section["per_criterion"]["ANHEDONIA"]["operating_point"] == {"precision": None, "recall": 0.0}
+    assert _section_errors(section, "precision_recall") == []
+
+
+def test_pr_plot_names_each_average_precision_and_the_skipped_criteria() -> None:
+    labels = _labels()
+    probs = np.clip(labels * 0.5 + np.random.default_rng(2).random(labels.shape) * 0.6, 0, 1)
+    section = precision_recall_report([probs], [labels], np.full(3, 0.5), NAMES, split="test")
+    fig = precision_recall_figure(section)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == [f"{n} (AP {section['per_criterion'][n]['average_precision']:.2f})" for n in NAMES[:2]]
+    assert "skipped (no positive in the split): SLEEP_ISSUES" in _texts(fig)
+    assert len(fig.axes[0].collections) == 2  # one operating point per drawn criterion
+    empty = precision_recall_report([probs[:, 2:]], [labels[:, 2:]], np.full(1, 0.5), NAMES[2:], split="test")
+    assert empty["per_criterion"] == {} and empty["average_precision_macro"] is None
+    assert "no criterion has a positive" in _texts(precision_recall_figure(empty))
 
 
 # --- history --------------------------------------------------------------------------------

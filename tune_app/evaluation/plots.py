@@ -4,7 +4,8 @@
 with the PNGs embedded as base64: optimisation history (trials in Tune's start order),
 parameter importance (the report's ``param_importance``: Optuna fANOVA, only from
 enough scored trials), Optuna's parallel-coordinate plot of the trials' params against
-their best-epoch score, per-criterion F1 and the per-criterion confusion matrices.
+their best-epoch score, per-criterion F1, per-criterion precision-recall curves (the
+report's ``precision_recall``) and the per-criterion confusion matrices.
 """
 
 from __future__ import annotations
@@ -137,6 +138,46 @@ def plot_parallel_coordinate(trials: list[TrialInfo], metric: str, mode: str, pa
     return _save(parallel_coordinate_figure(trials, metric, mode), path)
 
 
+def precision_recall_figure(section: dict[str, Any]) -> Figure:
+    """One PR curve per criterion of the report's ``precision_recall`` section (average
+    precision in the legend, the calibrated threshold's operating point marked); criteria
+    without a positive are named as skipped."""
+    per = section.get("per_criterion") or {}
+    skipped = section.get("skipped") or []
+    fig, ax = plt.subplots(figsize=(8, 6))
+    colors = plt.get_cmap("tab10" if len(per) <= 10 else "tab20")
+    for i, (name, c) in enumerate(per.items()):
+        color = colors(i % colors.N)
+        ax.plot(c["curve"]["recall"], c["curve"]["precision"], drawstyle="steps-post", color=color,
+                label=f"{name} (AP {c['average_precision']:.2f})")
+        op = c["operating_point"]
+        if op.get("precision") is not None and op.get("recall") is not None:
+            ax.scatter([op["recall"]], [op["precision"]], color=color, marker="o", s=40,
+                       edgecolors="black", zorder=3)
+    if per:
+        macro = section.get("average_precision_macro")
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8,
+                  title=f"macro AP {macro:.3f}" if macro is not None else None)
+    else:
+        _message(fig, "no criterion has a positive in this split")
+    if skipped:
+        fig.text(0.5, -0.02, "skipped (no positive in the split): " + ", ".join(map(str, skipped)),
+                 ha="center", va="top", fontsize=8, color="0.35", wrap=True)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Per-criterion precision-recall ({section.get('split')}, "
+                 f"{section.get('num_checkpoints')} checkpoint(s) pooled; dot: calibrated threshold)")
+    return fig
+
+
+def plot_precision_recall(section: dict[str, Any], path: Path) -> Path:
+    """PNG of :func:`precision_recall_figure`."""
+    return _save(precision_recall_figure(section), path)
+
+
 def plot_per_criterion_f1(report: dict[str, Any], path: Path) -> Path:
     metrics = report.get(f"{report['split']}_metrics") or {}
     per = (metrics.get("criteria_matching") or {}).get("per_criterion") or {}
@@ -195,6 +236,8 @@ def _summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("threshold strategy", str(report["decision_thresholds"]["strategy"])),
         ("macro-F1", num(cm.get("macro_f1"))), ("micro-F1", num(cm.get("micro_f1"))),
         ("PR AUC (macro)", num(cm.get("pr_auc_macro"))),
+        ("average precision (macro, pooled checkpoints)",
+         num((report.get("precision_recall") or {}).get("average_precision_macro"))),
         ("evidence token F1", num(ev.get("token_f1"))), ("evidence char F1", num(ev.get("char_f1"))),
         ("evidence exact match", num(ev.get("exact_match"))), ("null-span accuracy", num(ev.get("null_accuracy"))),
         ("trials", str(report["trials_count"])), ("parameter importance", _importance_note(report)),
@@ -270,6 +313,8 @@ def render_all(report: dict[str, Any], trials: list[TrialInfo], out_dir: Path) -
         "Parameter importance": plot_importance(report["param_importance"], plots / "param_importance.png"),
         "Parallel coordinates": plot_parallel_coordinate(trials, metric, mode, plots / "parallel_coordinate.png"),
         "Per-criterion F1": plot_per_criterion_f1(report, plots / "per_criterion_f1.png"),
+        "Per-criterion precision-recall": plot_precision_recall(report["precision_recall"],
+                                                                plots / "precision_recall.png"),
         "Confusion matrices": plot_confusion(report, plots / "confusion_matrices.png"),
     }
     page = write_html(report, pngs, Path(out_dir) / HTML_FILE)

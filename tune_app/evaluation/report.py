@@ -14,8 +14,9 @@
 Every study report holds ``baselines`` (:mod:`tune_app.evaluation.baselines`): TF-IDF +
 logistic regression and always-positive for criteria matching, a lexical TF-IDF sentence
 baseline for evidence binding, scored on the same split, and the model's margin over each;
-and ``param_importance`` (:mod:`tune_app.evaluation.importance`: computed only from enough
-scored trials, with their count).
+``param_importance`` (:mod:`tune_app.evaluation.importance`: computed only from enough
+scored trials, with their count) and ``precision_recall`` (:mod:`tune_app.evaluation.pr_curves`:
+per-criterion PR curves and average precision of the evaluated checkpoints, pooled).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ TRIAL_STATE = "trial_state.json"
 TRIAL_CONFIG = "trial_config.yaml"
 #: ``schema_version`` of the trial report.
 SCHEMA_VERSION = 1
-#: ``schema_version`` of the study report (2: ``param_importance``).
+#: ``schema_version`` of the study report (2: ``param_importance`` and ``precision_recall``).
 STUDY_SCHEMA_VERSION = 2
 TOP_TRIALS = 10
 #: Scores closer than this are ties (co-best checkpoints / trials).
@@ -357,6 +358,7 @@ def evaluate_study(study_dir: Path, *, split: str = "test", trial_id: str | None
     """
     from tune_app.evaluation.baselines import baseline_report
     from tune_app.evaluation.importance import param_importance
+    from tune_app.evaluation.pr_curves import precision_recall_report
     from tune_app.evaluation.predict import (
         criteria_names,
         load_model,
@@ -445,6 +447,8 @@ def evaluate_study(study_dir: Path, *, split: str = "test", trial_id: str | None
             for c, m in zip(used, per_ckpt, strict=True)],
         "skipped_checkpoints": skipped,
         f"{split}_metrics": mean, "aggregation": agg, "baselines": baselines,
+        "precision_recall": precision_recall_report([p.probs for p in eval_preds], [p.labels for p in eval_preds],
+                                                    thresholds, names, split=split),
         "trials_count": len(trials), "trials_completed": sum(t.status == STATE_COMPLETED for t in trials),
         # Stopped early by the scheduler: considered like any other trial (best epoch, checkpoints).
         "trials_stopped": sum(t.status == STATE_STOPPED for t in trials),
