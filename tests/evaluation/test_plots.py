@@ -101,19 +101,25 @@ def test_bad_importance_sections_violate_the_schema() -> None:
 
 # --- the Optuna study of the plots, parallel coordinates -------------------------------------
 def test_plot_study_holds_exactly_the_scored_trials_in_start_order() -> None:
-    trials = _trials(5, unscored=2) + [_trial(9, 0.3, {"train.lr": 0.005, "flag": True, "name": None})]
+    trials = _trials(5, unscored=2) + [_trial(9, 0.3, {"train.lr": 0.005, "flag": True, "name": None}),
+                                       _trial(10, 0.2, {"train.lr": 0.004, "odd": float("nan")}),
+                                       _trial(11, 0.1, {"train.lr": 0.003, "odd": 1.5})]
     study = plot_study(trials, mode="min")
     assert study.direction.name == "MINIMIZE"
     scored = sorted((t for t in trials if t.best_score is not None), key=lambda t: int(t.path.name.split("_")[3]))
-    assert len(study.trials) == 6
+    assert len(study.trials) == 8
     assert [t.user_attrs[TUNE_TRIAL_ID_ATTR] for t in study.trials] == [t.trial_id for t in scored]
     for ot, t in zip(study.trials, scored, strict=True):
         assert ot.value == t.best_score
         assert set(ot.params) == set(t.params)  # conditional params stay missing
         for name, value in t.params.items():
+            if name == "odd":
+                continue  # below
             assert ot.params[name] == (value if isinstance(value, int | float) and not isinstance(value, bool)
                                        else str(value))
-    assert study.trials[-1].params["flag"] == "True" and study.trials[-1].params["name"] == "None"
+    assert study.trials[-3].params["flag"] == "True" and study.trials[-3].params["name"] == "None"
+    # A non-finite number makes the param categorical (Optuna refuses NaN in a range).
+    assert [t.params["odd"] for t in study.trials[-2:]] == ["nan", "1.5"]
 
 
 def test_parallel_coordinate_plots_the_scored_trials_with_optuna_and_no_warning() -> None:
@@ -139,6 +145,16 @@ def test_parallel_coordinate_with_fewer_than_two_scored_trials_is_a_message(n: i
 def test_parallel_coordinate_without_params_is_a_message() -> None:
     fig = parallel_coordinate_figure([_trial(i, 0.1 * i, {}) for i in range(3)], "val_macro_f1")
     assert "the trials have no params" in _texts(fig)
+
+
+def test_parallel_coordinate_failure_is_a_message_not_a_lost_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    import optuna.visualization.matplotlib as ovm
+
+    def broken(*_: Any, **__: Any) -> None:
+        raise ValueError("boom")
+
+    monkeypatch.setattr(ovm, "plot_parallel_coordinate", broken)
+    assert "parallel coordinates unavailable: boom" in _texts(parallel_coordinate_figure(_trials(3), "m"))
 
 
 # --- precision-recall -----------------------------------------------------------------------

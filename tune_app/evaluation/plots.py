@@ -124,8 +124,15 @@ def parallel_coordinate_figure(trials: list[TrialInfo], metric: str, mode: str =
                  else "parallel coordinates: the trials have no params")
         ax.set_title("Parallel coordinates")
         return fig
-    with quiet_optuna():
-        ax = plot_parallel_coordinate(study, target_name=f"best {metric}")
+    try:
+        with quiet_optuna():
+            ax = plot_parallel_coordinate(study, target_name=f"best {metric}")
+    except ValueError as exc:  # a plot never costs the report
+        logger.warning("parallel-coordinate plot unavailable: %s", exc)
+        fig, ax = plt.subplots(figsize=(8, 2.5))
+        ax.set_axis_off()
+        _message(fig, f"parallel coordinates unavailable: {exc}")
+        return fig
     fig = cast("Figure", ax.figure)
     fig.set_size_inches(max(8.0, 1.6 * (len(names) + 2)), 5)
     ax.set_facecolor("0.88")  # Optuna colours the worst trial near-white: keep it visible

@@ -7,6 +7,7 @@ project keeps the Optuna study in SQLite under the study folder, loading it goes
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import warnings
@@ -40,12 +41,12 @@ def is_number(value: Any) -> bool:
 
 def distribution(values: list[Any]) -> BaseDistribution:
     """The Optuna distribution spanning ``values``: int or float range, else categorical of
-    their strings (bools, strings, None, mixed types)."""
+    their strings (bools, strings, None, non-finite numbers, mixed types)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         return IntDistribution(min(values), max(values))
-    if all(is_number(v) for v in values):
+    if all(is_number(v) and math.isfinite(v) for v in values):
         return FloatDistribution(float(min(values)), float(max(values)))
     return CategoricalDistribution(sorted({str(v) for v in values}))
 
