@@ -55,6 +55,11 @@ STUDY_INVALID = [
     (["test_metrics", "evidence_binding", "char_f1"], KeyError, "char_f1"),
     (["evaluated_checkpoints"], [], "evaluated_checkpoints"),
     (["unexpected"], 1, "unexpected"),
+    (["schema_version"], 1, "schema_version"),  # version 2 added the two sections below
+    (["param_importance"], KeyError, "param_importance"),
+    (["param_importance", "computed"], True, "param_importance"),  # computed without values
+    (["precision_recall"], KeyError, "precision_recall"),
+    (["precision_recall", "average_precision_macro"], 1.5, "average_precision_macro"),
 ]
 
 

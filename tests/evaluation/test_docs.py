@@ -33,3 +33,4 @@ def test_reports_guide_examples_run(tmp_path_factory: pytest.TempPathFactory,
     assert "best trial t0000_00000" in printed and "test macro-F1" in printed
     assert "t0001_00001" in printed  # the per-trial table lists every trial
     assert "checkpoint_000002" in printed
+    assert "AP " in printed and "parameter importance needs \u2265 10 scored trials; this study has 2" in printed

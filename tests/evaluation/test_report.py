@@ -76,6 +76,25 @@ def test_study_report_contents(study: Path) -> None:
     assert report["test_metrics"]["criteria_matching"]["num_posts"] == report["data"]["split_sizes"]["test"]
 
 
+def test_study_report_records_importance_and_precision_recall(study: Path) -> None:
+    report = load_report(study / "evaluation_report.json")
+    assert report["schema_version"] == 2
+    imp = report["param_importance"]
+    assert imp["computed"] is False and imp["num_trials"] == 2 and imp["min_trials"] == 10
+    assert imp["reason"] == "parameter importance needs \u2265 10 scored trials; this study has 2"
+    pr = report["precision_recall"]
+    per = report["test_metrics"]["criteria_matching"]["per_criterion"]
+    assert pr["split"] == "test" and pr["num_checkpoints"] == 2
+    assert pr["num_samples"] == 2 * report["data"]["split_sizes"]["test"]  # both checkpoints pooled
+    assert set(pr["per_criterion"]) | set(pr["skipped"]) == set(per)
+    assert pr["skipped"] == [n for n, c in per.items() if c["pr_auc"] is None]
+    for name, c in pr["per_criterion"].items():
+        # Identical weights in both checkpoints: pooled AP = each checkpoint's AP.
+        assert c["average_precision"] == pytest.approx(per[name]["pr_auc"])
+        assert c["threshold"] == pytest.approx(report["decision_thresholds"]["criteria"][name])
+        assert c["operating_point"]["recall"] == pytest.approx(per[name]["recall"])
+
+
 def test_study_json_records_the_test_evaluation_and_it_is_not_redone(study: Path) -> None:
     report = load_report(study / "evaluation_report.json")
     record = json.loads((study / STUDY_META).read_text())["test_evaluation"]
@@ -111,7 +130,8 @@ def test_plots_are_real_images_and_the_html_embeds_them(study: Path) -> None:
     report = load_report(study / "evaluation_report.json")
     pngs = [study / p for k, p in report["artifacts"].items() if k != "html"]
     assert {p.name for p in pngs} == {"optimization_history.png", "param_importance.png",
-                                      "per_criterion_f1.png", "confusion_matrices.png"}
+                                      "parallel_coordinate.png", "per_criterion_f1.png",
+                                      "precision_recall.png", "confusion_matrices.png"}
     for png in pngs:
         data = png.read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 5_000, png
@@ -119,7 +139,8 @@ def test_plots_are_real_images_and_the_html_embeds_them(study: Path) -> None:
             im.verify()
         assert mpimg.imread(png).shape[0] > 100
     page = (study / report["artifacts"]["html"]).read_text()
-    assert page.count("data:image/png;base64,iVBORw0KGgo") == 4
+    assert page.count("data:image/png;base64,iVBORw0KGgo") == 6
+    assert "parameter importance needs \u2265 10 scored trials; this study has 2" in page
     assert 'src="plots/' not in page and report["best_trial_id"] in page
 
 

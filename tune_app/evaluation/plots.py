@@ -1,10 +1,11 @@
 """Plots of a study report (matplotlib, Agg backend) and one self-contained HTML page.
 
 ``render_all`` writes ``plots/*.png`` beside the report and ``evaluation_report.html``
-with the PNGs embedded as base64: optimisation history, parameter importance
-(Optuna's fANOVA on the trials' params and scores; a correlation fallback when
-fANOVA cannot run, e.g. with fewer than 3 scored trials), per-criterion F1 and the
-per-criterion confusion matrices.
+with the PNGs embedded as base64: optimisation history (trials in Tune's start order),
+parameter importance (the report's ``param_importance``: Optuna fANOVA, only from
+enough scored trials), Optuna's parallel-coordinate plot of the trials' params against
+their best-epoch score, per-criterion F1, per-criterion precision-recall curves (the
+report's ``precision_recall``) and the per-criterion confusion matrices.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ import base64
 import html
 import logging
 import math
-import re
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from tune_app.evaluation.trial_study import plot_study, quiet_optuna, start_order  # noqa: E402
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -52,18 +53,10 @@ def _message(fig: Figure, text: str) -> None:
     fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, color="0.35", wrap=True)
 
 
-_TUNE_TRIAL_NUMBER = re.compile(r"^[^_].*?_[0-9a-f]{5,}_(\d+)_")
-
-
-def start_order(trial: TrialInfo) -> tuple[int, str]:
-    """Sort key: Tune's trial number from the folder name (``<trainable>_<id>_<N>_<params>...``,
-    N counts trials in the order Tune created them), then the name; a folder without one last."""
-    found = _TUNE_TRIAL_NUMBER.match(trial.path.name)
-    return (int(found.group(1)) if found else sys.maxsize, trial.path.name)
-
-
-def plot_history(trials: list[TrialInfo], metric: str, path: Path) -> Path:
-    """Each trial's per-epoch scores, its best score, and the running best over trials (in start order)."""
+def history_figure(trials: list[TrialInfo], metric: str, mode: str = "max") -> Figure:
+    """Each trial's per-epoch scores, its best score, and the running best over trials (in start
+    order; the best is the highest score, the lowest with ``mode="min"``)."""
+    better = max if mode == "max" else min
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ordered = sorted(trials, key=start_order)
     best_so_far: list[float] = []
@@ -74,7 +67,7 @@ def plot_history(trials: list[TrialInfo], metric: str, path: Path) -> Path:
             ax.scatter([i] * len(ys), ys, s=12, color="0.7", zorder=1)
         if t.best_score is not None:
             ax.scatter([i], [t.best_score], s=36, color="tab:blue", zorder=2)
-            best_so_far.append(max([t.best_score, *best_so_far[-1:]]))
+            best_so_far.append(better([t.best_score, *best_so_far[-1:]]))
         else:
             best_so_far.append(best_so_far[-1] if best_so_far else math.nan)
     if ordered:
@@ -86,80 +79,110 @@ def plot_history(trials: list[TrialInfo], metric: str, path: Path) -> Path:
     ax.set_ylabel(metric)
     ax.set_title("Optimisation history (grey: every epoch, blue: trial best)")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
-def _distribution(values: list[Any]) -> Any:
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return IntDistribution(min(values), max(values))
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        return FloatDistribution(float(min(values)), float(max(values)))
-    return CategoricalDistribution(sorted({str(v) for v in values}))
+def plot_history(trials: list[TrialInfo], metric: str, path: Path, mode: str = "max") -> Path:
+    """PNG of :func:`history_figure`."""
+    return _save(history_figure(trials, metric, mode), path)
 
 
-def param_importance(trials: list[TrialInfo]) -> tuple[dict[str, float], str]:
-    """Importance of each varied param for the trial scores, and the method used.
-
-    Optuna's fANOVA on an in-memory study holding the trials' params and best scores;
-    if that cannot run, the absolute Spearman correlation (numeric params) or the
-    correlation ratio (categorical ones), normalised to sum to 1.
-    """
-    import optuna
-    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
-
-    scored = [t for t in trials if t.best_score is not None]
-    names = sorted({k for t in scored for k in t.params})
-    varied = [n for n in names
-              if all(n in t.params for t in scored) and len({repr(t.params[n]) for t in scored}) > 1]
-    if len(scored) < 2 or not varied:
-        return {}, "none (needs at least 2 scored trials with varied params)"
-    dists = {n: _distribution([t.params[n] for t in scored]) for n in varied}
-    try:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(direction="maximize")
-        for t in scored:
-            params = {n: (str(t.params[n]) if isinstance(dists[n], optuna.distributions.CategoricalDistribution)
-                          else t.params[n]) for n in varied}
-            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.best_score))
-        imp = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
-        if imp and all(math.isfinite(v) for v in imp.values()):
-            return {k: float(v) for k, v in imp.items()}, "optuna fANOVA"
-    except Exception as exc:  # fANOVA needs enough distinct trials; fall back below
-        logger.info("fANOVA importance unavailable (%s); using correlations", exc)
-    from scipy.stats import spearmanr
-
-    y = np.array([t.best_score for t in scored], dtype=float)
-    raw: dict[str, float] = {}
-    for n in varied:
-        vals = [t.params[n] for t in scored]
-        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
-            rho = spearmanr(np.asarray(vals, dtype=float), y).statistic
-            raw[n] = abs(float(rho)) if np.isfinite(rho) else 0.0
-        else:  # correlation ratio: share of score variance explained by the category
-            groups: dict[str, list[float]] = {}
-            for v, s in zip(vals, y, strict=True):
-                groups.setdefault(str(v), []).append(float(s))
-            total = float(((y - y.mean()) ** 2).sum())
-            between = sum(len(g) * (np.mean(g) - y.mean()) ** 2 for g in groups.values())
-            raw[n] = float(np.sqrt(between / total)) if total > 0 else 0.0
-    total_raw = sum(raw.values())
-    return ({k: v / total_raw for k, v in raw.items()} if total_raw > 0 else raw), "correlation (fallback)"
-
-
-def plot_importance(trials: list[TrialInfo], path: Path) -> Path:
-    imp, method = param_importance(trials)
-    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(imp) + 1.2)))
-    if imp:
-        items = sorted(imp.items(), key=lambda kv: kv[1])
+def importance_figure(section: dict[str, Any]) -> Figure:
+    """Bars of the report's ``param_importance`` section, titled with its method and trial
+    count; when it was not computed, its reason instead of bars."""
+    values = section.get("values") or {}
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(values) + 1.2)))
+    if section.get("computed") and values:
+        items = sorted(values.items(), key=lambda kv: kv[1])
         ax.barh([k for k, _ in items], [v for _, v in items], color="tab:green")
         ax.set_xlabel("importance")
+        ax.set_title(f"Parameter importance ({section['method']}, from {section['num_trials']} scored trials)")
     else:
         ax.set_axis_off()
-        _message(fig, f"parameter importance: {method}")
-    ax.set_title(f"Parameter importance ({method})")
-    return _save(fig, path)
+        _message(fig, str(section.get("reason") or "parameter importance was not computed"))
+        ax.set_title("Parameter importance (not computed)")
+    return fig
+
+
+def plot_importance(section: dict[str, Any], path: Path) -> Path:
+    """PNG of :func:`importance_figure`."""
+    return _save(importance_figure(section), path)
+
+
+def parallel_coordinate_figure(trials: list[TrialInfo], metric: str, mode: str = "max") -> Figure:
+    """Optuna's parallel-coordinate plot of the scored trials' params against their best-epoch
+    score (:func:`~tune_app.evaluation.trial_study.plot_study`); a message with 0-1 of them."""
+    from optuna.visualization.matplotlib import plot_parallel_coordinate
+
+    study = plot_study(trials, mode)
+    n = len(study.trials)
+    names = {k for t in study.trials for k in t.params}
+    if n < 2 or not names:
+        fig, ax = plt.subplots(figsize=(8, 2.5))
+        ax.set_axis_off()
+        _message(fig, f"parallel coordinates need \u2265 2 scored trials; this study has {n}" if n < 2
+                 else "parallel coordinates: the trials have no params")
+        ax.set_title("Parallel coordinates")
+        return fig
+    try:
+        with quiet_optuna():
+            ax = plot_parallel_coordinate(study, target_name=f"best {metric}")
+    except ValueError as exc:  # a plot never costs the report
+        logger.warning("parallel-coordinate plot unavailable: %s", exc)
+        fig, ax = plt.subplots(figsize=(8, 2.5))
+        ax.set_axis_off()
+        _message(fig, f"parallel coordinates unavailable: {exc}")
+        return fig
+    fig = cast("Figure", ax.figure)
+    fig.set_size_inches(max(8.0, 1.6 * (len(names) + 2)), 5)
+    ax.set_facecolor("0.88")  # Optuna colours the worst trial near-white: keep it visible
+    ax.set_title(f"Parallel coordinates: params vs best-epoch {metric} ({n} scored trials)", y=1.03)
+    return fig
+
+
+def plot_parallel_coordinate(trials: list[TrialInfo], metric: str, mode: str, path: Path) -> Path:
+    """PNG of :func:`parallel_coordinate_figure`."""
+    return _save(parallel_coordinate_figure(trials, metric, mode), path)
+
+
+def precision_recall_figure(section: dict[str, Any]) -> Figure:
+    """One PR curve per criterion of the report's ``precision_recall`` section (average
+    precision in the legend, the calibrated threshold's operating point marked); criteria
+    without a positive are named as skipped."""
+    per = section.get("per_criterion") or {}
+    skipped = section.get("skipped") or []
+    fig, ax = plt.subplots(figsize=(8, 6))
+    colors = plt.get_cmap("tab10" if len(per) <= 10 else "tab20")
+    for i, (name, c) in enumerate(per.items()):
+        color = colors(i % colors.N)
+        ax.plot(c["curve"]["recall"], c["curve"]["precision"], drawstyle="steps-post", color=color,
+                label=f"{name} (AP {c['average_precision']:.2f})")
+        op = c["operating_point"]
+        if op.get("precision") is not None and op.get("recall") is not None:
+            ax.scatter([op["recall"]], [op["precision"]], color=color, marker="o", s=40,
+                       edgecolors="black", zorder=3)
+    if per:
+        macro = section.get("average_precision_macro")
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8,
+                  title=f"macro AP {macro:.3f}" if macro is not None else None)
+    else:
+        _message(fig, "no criterion has a positive in this split")
+    if skipped:
+        fig.text(0.5, -0.02, "skipped (no positive in the split): " + ", ".join(map(str, skipped)),
+                 ha="center", va="top", fontsize=8, color="0.35", wrap=True)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Per-criterion precision-recall ({section.get('split')}, "
+                 f"{section.get('num_checkpoints')} checkpoint(s) pooled; dot: calibrated threshold)")
+    return fig
+
+
+def plot_precision_recall(section: dict[str, Any], path: Path) -> Path:
+    """PNG of :func:`precision_recall_figure`."""
+    return _save(precision_recall_figure(section), path)
 
 
 def plot_per_criterion_f1(report: dict[str, Any], path: Path) -> Path:
@@ -220,10 +243,20 @@ def _summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("threshold strategy", str(report["decision_thresholds"]["strategy"])),
         ("macro-F1", num(cm.get("macro_f1"))), ("micro-F1", num(cm.get("micro_f1"))),
         ("PR AUC (macro)", num(cm.get("pr_auc_macro"))),
+        ("average precision (macro, pooled checkpoints)",
+         num((report.get("precision_recall") or {}).get("average_precision_macro"))),
         ("evidence token F1", num(ev.get("token_f1"))), ("evidence char F1", num(ev.get("char_f1"))),
         ("evidence exact match", num(ev.get("exact_match"))), ("null-span accuracy", num(ev.get("null_accuracy"))),
-        ("trials", str(report["trials_count"])), ("generated", str(report["generated_at"])),
+        ("trials", str(report["trials_count"])), ("parameter importance", _importance_note(report)),
+        ("generated", str(report["generated_at"])),
     ]
+
+
+def _importance_note(report: dict[str, Any]) -> str:
+    imp = report.get("param_importance") or {}
+    if imp.get("computed"):
+        return f"{imp['method']}, from {imp['num_trials']} scored trials"
+    return str(imp.get("reason") or "not computed")
 
 
 def baseline_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -281,11 +314,14 @@ th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
 def render_all(report: dict[str, Any], trials: list[TrialInfo], out_dir: Path) -> dict[str, str]:
     """Write every plot and the HTML page under ``out_dir``; return their paths relative to it."""
     plots = Path(out_dir) / PLOTS_DIR
+    metric, mode = report["optimization_metric_name"], report["optimization_mode"]
     pngs = {
-        "Optimisation history": plot_history(trials, report["optimization_metric_name"],
-                                             plots / "optimization_history.png"),
-        "Parameter importance": plot_importance(trials, plots / "param_importance.png"),
+        "Optimisation history": plot_history(trials, metric, plots / "optimization_history.png", mode),
+        "Parameter importance": plot_importance(report["param_importance"], plots / "param_importance.png"),
+        "Parallel coordinates": plot_parallel_coordinate(trials, metric, mode, plots / "parallel_coordinate.png"),
         "Per-criterion F1": plot_per_criterion_f1(report, plots / "per_criterion_f1.png"),
+        "Per-criterion precision-recall": plot_precision_recall(report["precision_recall"],
+                                                                plots / "precision_recall.png"),
         "Confusion matrices": plot_confusion(report, plots / "confusion_matrices.png"),
     }
     page = write_html(report, pngs, Path(out_dir) / HTML_FILE)

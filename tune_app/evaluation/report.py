@@ -13,7 +13,10 @@
 
 Every study report holds ``baselines`` (:mod:`tune_app.evaluation.baselines`): TF-IDF +
 logistic regression and always-positive for criteria matching, a lexical TF-IDF sentence
-baseline for evidence binding, scored on the same split, and the model's margin over each.
+baseline for evidence binding, scored on the same split, and the model's margin over each;
+``param_importance`` (:mod:`tune_app.evaluation.importance`: computed only from enough
+scored trials, with their count) and ``precision_recall`` (:mod:`tune_app.evaluation.pr_curves`:
+per-criterion PR curves and average precision of the evaluated checkpoints, pooled).
 """
 
 from __future__ import annotations
@@ -45,7 +48,10 @@ PLOTS_DIR = "plots"
 HTML_FILE = "evaluation_report.html"
 TRIAL_STATE = "trial_state.json"
 TRIAL_CONFIG = "trial_config.yaml"
+#: ``schema_version`` of the trial report.
 SCHEMA_VERSION = 1
+#: ``schema_version`` of the study report (2: ``param_importance`` and ``precision_recall``).
+STUDY_SCHEMA_VERSION = 2
 TOP_TRIALS = 10
 #: Scores closer than this are ties (co-best checkpoints / trials).
 TIE_TOL = 1e-12
@@ -351,6 +357,8 @@ def evaluate_study(study_dir: Path, *, split: str = "test", trial_id: str | None
     predictions of the evaluated checkpoints (pooled) and applied to ``split``.
     """
     from tune_app.evaluation.baselines import baseline_report
+    from tune_app.evaluation.importance import param_importance
+    from tune_app.evaluation.pr_curves import precision_recall_report
     from tune_app.evaluation.predict import (
         criteria_names,
         load_model,
@@ -416,7 +424,7 @@ def evaluate_study(study_dir: Path, *, split: str = "test", trial_id: str | None
 
     meta = _read_json(study_dir / STUDY_META) or {}
     report: dict[str, Any] = {
-        "report_type": "study", "schema_version": SCHEMA_VERSION, "report_id": uuid.uuid4().hex,
+        "report_type": "study", "schema_version": STUDY_SCHEMA_VERSION, "report_id": uuid.uuid4().hex,
         "study_id": str(meta.get("study_name") or study_dir.name),
         "scope": "trial" if trial_id is not None else "study", "split": split,
         "best_trial_id": sel.trial.trial_id, "best_trial_dir": sel.trial.path.name,
@@ -439,10 +447,13 @@ def evaluate_study(study_dir: Path, *, split: str = "test", trial_id: str | None
             for c, m in zip(used, per_ckpt, strict=True)],
         "skipped_checkpoints": skipped,
         f"{split}_metrics": mean, "aggregation": agg, "baselines": baselines,
+        "precision_recall": precision_recall_report([p.probs for p in eval_preds], [p.labels for p in eval_preds],
+                                                    thresholds, names, split=split),
         "trials_count": len(trials), "trials_completed": sum(t.status == STATE_COMPLETED for t in trials),
         # Stopped early by the scheduler: considered like any other trial (best epoch, checkpoints).
         "trials_stopped": sum(t.status == STATE_STOPPED for t in trials),
         "top_trials": _top_trials(trials, mode),
+        "param_importance": param_importance(trials, mode),
     }
     report = _clean(report)
     validate(report, "study_report", where=f"report of {study_dir}")
