@@ -136,6 +136,15 @@ def test_parallel_coordinate_plots_the_scored_trials_with_optuna_and_no_warning(
     assert sum(len(c.get_segments()) for c in ax.collections if hasattr(c, "get_segments")) == 6
 
 
+def test_parallel_coordinate_of_a_param_every_trial_shares_warns_nothing() -> None:
+    """The default study samples one criteria head value: matplotlib notes the flat axis."""
+    trials = [_trial(i, 0.1 * i, {"model.criteria_head": "mlp", "train.lr": 0.001 * (i + 1)}) for i in range(4)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parallel_coordinate_figure(trials, "val_macro_f1")
+    assert not caught, [str(w.message) for w in caught]
+
+
 @pytest.mark.parametrize("n", [0, 1])
 def test_parallel_coordinate_with_fewer_than_two_scored_trials_is_a_message(n: int) -> None:
     fig = parallel_coordinate_figure(_trials(n, unscored=2), "val_macro_f1")

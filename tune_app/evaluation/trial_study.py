@@ -53,7 +53,8 @@ def distribution(values: list[Any]) -> BaseDistribution:
 
 @contextmanager
 def quiet_optuna() -> Iterator[None]:
-    """Optuna's INFO logs and ``ExperimentalWarning`` (its matplotlib plots) off, then back."""
+    """Optuna's INFO logs and ``ExperimentalWarning`` (its matplotlib plots) off, then back; also
+    matplotlib's note on a one-value axis (a param every trial shares), which it widens itself."""
     import optuna
 
     before = optuna.logging.get_verbosity()
@@ -61,6 +62,7 @@ def quiet_optuna() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore", message="Attempting to set identical low and high ylims")
             yield
     finally:
         optuna.logging.set_verbosity(before)
