@@ -190,3 +190,13 @@ def test_tune_prints_its_own_tables_only_with_v(monkeypatch: pytest.MonkeyPatch)
     assert tune_verbosity(cfg) == 0
     monkeypatch.setenv(VERBOSE_ENV, "1")
     assert tune_verbosity(cfg) == 2
+
+
+def test_dashboard_hint_gives_the_address_and_how_to_authenticate() -> None:
+    from tune_app.tuner import dashboard_hint
+
+    hint = dashboard_hint("127.0.0.1:8265", None)
+    assert "http://127.0.0.1:8265" in hint and "~/.ray/auth_token" in hint and "RAY_AUTH_MODE=disabled" in hint
+    assert "ssh -L 8265:127.0.0.1:8265" in hint
+    off = dashboard_hint("http://127.0.0.1:8265", "disabled")
+    assert "authentication off" in off and "auth_token" not in off

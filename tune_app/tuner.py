@@ -190,7 +190,7 @@ def _ray_init(cfg: AppConfig) -> None:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # its verbose=0 still prints a config table
         # Its notice that the local cluster uses a token (printed before any handler of ours can see it).
         logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
-    ray.init(
+    context = ray.init(
         include_dashboard=cfg.tune.include_dashboard,
         dashboard_host=os.environ.get("TUNE_APP_DASHBOARD_HOST", "127.0.0.1"),
         # Quiet (the default): Ray's records go through our logging (study log; console at
@@ -203,6 +203,19 @@ def _ray_init(cfg: AppConfig) -> None:
         # Ray's records go to ours: the study's JSON log, and the quiet console rule.
         logging.getLogger("ray").propagate = True
         quiet_library_console("ray")
+    url = getattr(context, "dashboard_url", None)
+    if cfg.tune.include_dashboard and url:
+        print(dashboard_hint(str(url), os.environ.get("RAY_AUTH_MODE")), flush=True)
+
+
+def dashboard_hint(url: str, auth_mode: str | None) -> str:
+    """Where the Ray dashboard is and how to get in (Ray 2.60 asks for a token by default)."""
+    address = url if url.startswith("http") else f"http://{url}"
+    if (auth_mode or "").lower() == "disabled":
+        return f"Ray dashboard: {address} (token authentication off: RAY_AUTH_MODE=disabled; trusted hosts only)"
+    return (f"Ray dashboard: {address}; it asks for a token: paste the contents of ~/.ray/auth_token "
+            "(on a trusted host, start with RAY_AUTH_MODE=disabled to turn that off). Remote machine: "
+            f"ssh -L {address.rsplit(':', 1)[-1]}:127.0.0.1:{address.rsplit(':', 1)[-1]} <host>")
 
 
 def _env_for_tune() -> None:
