@@ -13,43 +13,20 @@ import os
 import sys
 from pathlib import Path
 
-from tune_app.tracking.jsonlog import LogSession, setup_json_logging
+from tune_app.tracking.jsonlog import (  # noqa: F401 - VERBOSE_ENV, quiet_library_console: this module's API too
+    VERBOSE_ENV,
+    LogSession,
+    QuietConsoleFilter,
+    quiet_library_console,
+    setup_json_logging,
+    verbose,
+)
 from tune_app.tracking.sanitize import SanitizingFilter, install_excepthook
-
-VERBOSE_ENV = "TUNE_APP_VERBOSE"
-#: Libraries whose records reach the quiet console only at ERROR (they stay in the study's log).
-QUIET_LIBRARIES = ("ray", "optuna", "mlflow", "alembic", "urllib3", "filelock", "fsspec", "torch", "transformers",
-                   "datasets", "huggingface_hub", "matplotlib", "py.warnings")
 
 
 def _level(level: int | None) -> int:
     name = os.environ.get("TUNE_APP_LOG_LEVEL", "")
     return level if level is not None else getattr(logging, name.upper(), logging.INFO)
-
-
-def verbose() -> bool:
-    """``-v``: everything on the console (Tune's tables, worker output, INFO logs)."""
-    return os.environ.get(VERBOSE_ENV, "") == "1"
-
-
-class QuietConsoleFilter(logging.Filter):
-    """The quiet console: tune_app's warnings and errors, the libraries' errors, nothing marked ``console=False``."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "console", True) is False:
-            return False
-        if verbose():
-            return True
-        if record.name == "tune_app" or record.name.startswith("tune_app."):
-            return record.levelno >= logging.WARNING
-        return record.levelno >= logging.ERROR
-
-
-def quiet_library_console(name: str) -> None:
-    """Put the quiet-console rule on the handlers a library attached to its own logger (Ray does)."""
-    for handler in logging.getLogger(name).handlers:
-        if not any(isinstance(f, QuietConsoleFilter) for f in handler.filters):
-            handler.addFilter(QuietConsoleFilter())
 
 
 def setup_logging(level: int | None = None, *, verbose_console: bool | None = None) -> None:

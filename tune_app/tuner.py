@@ -194,10 +194,11 @@ def _ray_init(cfg: AppConfig) -> None:
         include_dashboard=cfg.tune.include_dashboard,
         dashboard_host=os.environ.get("TUNE_APP_DASHBOARD_HOST", "127.0.0.1"),
         # Quiet (the default): Ray's records go through our logging (study log; console at
-        # ERROR), and the workers' output stays in their logs (trial.jsonl, Ray's session logs).
+        # ERROR); the workers print only warnings and errors (jsonlog's console filter), the
+        # rest stays in their logs (trial.jsonl, Ray's session logs).
         configure_logging=loud,
         logging_level=logging.INFO if loud else logging.WARNING,
-        log_to_driver=loud,
+        log_to_driver=True,
     )
     if not loud:
         # Ray's records go to ours: the study's JSON log, and the quiet console rule.

@@ -33,6 +33,34 @@ from tune_app.tracking.sanitize import STANDARD_ATTRS, SanitizingFilter
 
 HUMAN_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(trial_id)s]: %(message)s"
 
+#: ``1`` when the command was run with ``-v`` (inherited by the Ray workers it starts).
+VERBOSE_ENV = "TUNE_APP_VERBOSE"
+
+
+def verbose() -> bool:
+    """``-v``: everything on the console (Tune's tables, worker output, INFO logs)."""
+    return os.environ.get(VERBOSE_ENV, "") == "1"
+
+
+class QuietConsoleFilter(logging.Filter):
+    """The quiet console: tune_app's warnings and errors, the libraries' errors, nothing marked ``console=False``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "console", True) is False:
+            return False
+        if verbose():
+            return True
+        if record.name == "tune_app" or record.name.startswith("tune_app."):
+            return record.levelno >= logging.WARNING
+        return record.levelno >= logging.ERROR
+
+
+def quiet_library_console(name: str) -> None:
+    """Put the quiet-console rule on the handlers a library attached to its own logger (Ray does)."""
+    for handler in logging.getLogger(name).handlers:
+        if not any(isinstance(f, QuietConsoleFilter) for f in handler.filters):
+            handler.addFilter(QuietConsoleFilter())
+
 
 class ContextFilter(logging.Filter):
     """Stamps ``study_id`` and ``trial_id`` on records that do not carry their own."""
@@ -196,7 +224,9 @@ def setup_json_logging(path: Path | str, *, study_id: str | None, trial_id: str 
     if stdout:
         console = logging.StreamHandler(sys.stdout)
         console.setFormatter(logging.Formatter(HUMAN_FORMAT, datefmt="%H:%M:%S"))
+        console.addFilter(QuietConsoleFilter())  # a trial's stdout reaches the driver's console
         handlers.append(console)
+        quiet_library_console("ray")  # e.g. "Checkpoint successfully created at: ..." at every report
     for h in handlers:
         for f in filters:
             h.addFilter(f)
