@@ -264,8 +264,8 @@ def _report(outcome: object, cfg: object) -> int:
         _tracking_note(outcome.study_dir, sys.stderr)
         _say(mlflow_hint(cfg), file=sys.stderr)
         return 1
-    _say(f"Study interrupted: {outcome.ended}/{outcome.num_samples} trials ended ({outcome.counts_line}"
-         f"{_elapsed()}); {outcome.best_line}. Resume with:\n"
+    _say(f"Study interrupted: {outcome.ended}/{outcome.num_samples} trials ended ({outcome.counts_line})"
+         f"{_elapsed()}; {outcome.best_line}. Resume with:\n"
          f"  python -m tune_app.run resume={outcome.study_dir}", file=sys.stderr)
     _tracking_note(outcome.study_dir, sys.stderr)
     return 130
