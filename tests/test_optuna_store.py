@@ -272,3 +272,16 @@ def test_each_save_writes_only_what_changed(tmp_path: Path, monkeypatch: pytest.
     _save(search, tmp_path)  # nothing changed: nothing written
     assert calls == ["set_trial_intermediate_value"]
     _assert_mirrors(search, tmp_path)
+
+
+def test_tunes_state_save_reaches_the_searcher_through_tunes_wrappers(tmp_path: Path) -> None:
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.search_generator import SearchGenerator
+
+    from tune_app.state_sync import sync_optuna_db
+
+    search = _searcher()
+    search.suggest("t0")
+    wrapped = SearchGenerator(ConcurrencyLimiter(search, max_concurrent=1))  # what tune.run makes of it
+    sync_optuna_db(wrapped, tmp_path)
+    _assert_mirrors(search, tmp_path)

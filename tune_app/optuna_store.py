@@ -17,7 +17,7 @@ copies it into an Optuna SQLite study in the study folder, for ``optuna-dashboar
   SIGKILL). After any kill it is *behind* or equal to the restored study, and catching up only
   adds trials, intermediate values and final states. Removing a trial is not in Optuna's storage
   API: a DB *ahead* of the restored study would have to be rebuilt, and rebuilding through that
-  API costs ~45 ms per trial (~45 s at 1000 trials) on every resume after a kill. Ray's
+  API costs ~40 ms per trial (38 s at 1000 trials) on every resume after a kill. Ray's
   ``OptunaSearch(storage=...)`` was rejected for the same reason and one more: its sampler
   would read the DB, so trials written after the last save would stay in the restored study
   (an orphaned RUNNING trial, a trial told twice), and the study would not be exact.
@@ -35,6 +35,9 @@ copies it into an Optuna SQLite study in the study folder, for ``optuna-dashboar
   Only the driver writes (the searcher lives there); nothing here is pickled with the searcher
   (one mirror per DB path per process, opened lazily), and the DB follows the study folder: its
   path is the folder Tune saves into, so a moved study writes beside its new state.
+* **Cost** (``benchmarks/bench_optuna_db.py``, 1000 trials x 10 epochs): 40-100 ms per trial
+  (~22 ms per new trial, ~4 ms per epoch's intermediate value: Optuna's ORM, one commit each),
+  ~0.7 s to open the DB once per process, 1.5 s to check a 1000-trial DB at a resume.
 """
 
 from __future__ import annotations

@@ -199,8 +199,11 @@ def sync_optuna_db(search_alg: Any, study: Path) -> None:
     a searcher without ``sync_optuna_db`` (not ours) is left alone. Never raises.
     """
     searcher = search_alg
-    while hasattr(searcher, "searcher"):
-        searcher = searcher.searcher
+    for _ in range(8):  # Tune's wrappers nest two or three deep
+        inner = getattr(searcher, "searcher", None)
+        if inner is None:
+            break
+        searcher = inner
     sync = getattr(searcher, "sync_optuna_db", None)
     if callable(sync):
         sync(study)
