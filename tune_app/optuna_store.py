@@ -54,7 +54,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +86,8 @@ def storage_url(study_dir: Path | str) -> str:
     return f"sqlite:///{db_path(study_dir).resolve()}"
 
 
-def load_optuna_study(study_dir: Path | str, study_name: str | None = None) -> Any:
-    """The study's Optuna study (``optuna.Study``) from ``<study_dir>/optuna.db``, or None.
+def load_optuna_study(study_dir: Path | str, study_name: str | None = None) -> optuna.Study | None:
+    """The study's Optuna study from ``<study_dir>/optuna.db``, or None.
 
     None when the study has no DB yet (no state saved: nothing ran), or it cannot be read (a
     warning says why). ``study_name`` defaults to the only study the DB holds (``tune.name``).
@@ -110,7 +113,7 @@ def load_optuna_study(study_dir: Path | str, study_name: str | None = None) -> A
         return None
 
 
-def mirror_study(study_dir: Path | str, study: Any) -> bool:
+def mirror_study(study_dir: Path | str, study: optuna.Study) -> bool:
     """Bring ``<study_dir>/optuna.db`` in line with ``study`` (an in-memory ``optuna.Study``).
 
     Never raises: False when the DB could not be written (logged once per failure streak).
