@@ -18,6 +18,8 @@ their last intermediate value (Optuna's own handling of pruned trials).
   trial's value is the epoch it stopped at and every trial holds all its epochs.
 * Only plain attributes are added (an int): Tune pickles the searcher with the experiment
   and ``Tuner.restore`` gets it back as is.
+* The Optuna study is mirrored into ``<study>/optuna.db`` (:meth:`sync_optuna_db`, called by
+  ``state_sync`` right after Tune saved this searcher; see ``tune_app.optuna_store``).
 """
 
 from __future__ import annotations
@@ -25,20 +27,21 @@ from __future__ import annotations
 import logging
 import math
 import pickle
+from pathlib import Path
 from typing import Any
 
 from optuna.trial import TrialState
 from ray.air.constants import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_app import outcome
+from tune_app import optuna_store, outcome
 
 logger = logging.getLogger(__name__)
 
 #: The trainable reports its epoch (1-based) with every result.
 EPOCH = "epoch"
 #: Optuna user attribute naming the Tune trial behind an Optuna trial.
-TUNE_TRIAL_ID_ATTR = "tune_trial_id"
+TUNE_TRIAL_ID_ATTR = optuna_store.TUNE_TRIAL_ID_ATTR
 
 
 def _epoch(result: dict[str, Any] | None) -> int | None:
@@ -78,6 +81,15 @@ class EarlyStopAwareOptunaSearch(OptunaSearch):
         state["_ot_trials"] = {k: v for k, v in self._ot_trials.items() if k not in self._completed_trials}
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
+
+    def sync_optuna_db(self, study_dir: Path) -> bool:
+        """Mirror the Optuna study into ``<study_dir>/optuna.db`` (``tune_app.optuna_store``); never raises.
+
+        Called right after Tune saved this searcher into ``study_dir``, so the DB never holds a
+        trial or a tell that Tune's saved state lacks. False when the DB could not be written.
+        """
+        study = self._ot_study
+        return study is not None and optuna_store.mirror_study(study_dir, study)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         epoch = _epoch(result)

@@ -222,6 +222,23 @@ def write_state_files(study: Path, write: Any, final_last: str) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def sync_optuna_db(search_alg: Any, study: Path) -> None:
+    """Once Tune's state is in ``study``, the searcher mirrors its Optuna study there (``optuna.db``).
+
+    ``search_alg`` is Tune's wrapper (``SearchGenerator`` > ``ConcurrencyLimiter`` > searcher);
+    a searcher without ``sync_optuna_db`` (not ours) is left alone. Never raises.
+    """
+    searcher = search_alg
+    for _ in range(8):  # Tune's wrappers nest two or three deep
+        inner = getattr(searcher, "searcher", None)
+        if inner is None:
+            break
+        searcher = inner
+    sync = getattr(searcher, "sync_optuna_db", None)
+    if callable(sync):
+        sync(study)
+
+
 _staging_dropped: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
@@ -277,6 +294,7 @@ def encode_state_incrementally() -> None:
         study = local_experiment_dir(self._storage)
         if study is not None:
             write_state_files(study, write, final_last=name)
+            sync_optuna_db(self._search_alg, study)  # never ahead of the state just saved
             # After a restore Tune's staging folder holds copies of the study's root files
             # (old state, progress.json): its syncer would copy them back over the live ones
             # at every sync. Only the callbacks' state (written next) goes through it.

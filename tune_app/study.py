@@ -1,7 +1,8 @@
 """The study directory: what the driver prepares before Ray starts, and where it lives.
 
 ``<tune.storage_path>/<tune.name>/`` holds Tune's own files (experiment state,
-``tuner.pkl``, one folder per trial) and ours:
+``tuner.pkl``, one folder per trial), ``optuna.db`` (the Optuna study: ``tune_app.optuna_store``)
+and ours:
 
 * ``study_config.yaml`` - the resolved configuration the study was started with;
 * ``meta/splits.json``  - the post ids of each split (the trainable reads only

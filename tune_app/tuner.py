@@ -4,7 +4,7 @@
   ``max_concurrent_trials=1``, the function trainable, our callbacks.
 * ``restore_tuner``: ``Tuner.restore(study_dir, ...)`` with ``resume_unfinished`` and
   ``resume_errored``: the interrupted trial continues from its checkpoint and the
-  Optuna state survives.
+  Optuna state survives (and ``<study>/optuna.db`` catches up with it).
 * ``run_study``: fit with SIGTERM forwarded as SIGINT (Tune only handles SIGINT), then
   tell complete from interrupted by counting finished trials (Tune returns normally
   on SIGINT, so ``fit()`` returning means nothing by itself).
@@ -268,8 +268,9 @@ def build_tuner(cfg: AppConfig) -> Any:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory..."
     space = load_space(cfg.searchspace, max_epochs=cfg.tune.max_epochs, model=cfg.model.name)
     sampler = optuna.samplers.TPESampler(seed=cfg.tune.sampler_seed, n_startup_trials=cfg.tune.n_startup_trials)
+    # study_name: also the name of the study's Optuna DB (<study>/optuna.db, tune_app.optuna_store).
     search = EarlyStopAwareOptunaSearch(space=space, metric=cfg.tune.metric, mode=cfg.tune.mode, sampler=sampler,
-                                        max_epochs=cfg.tune.max_epochs)
+                                        max_epochs=cfg.tune.max_epochs, study_name=cfg.tune.name)
     return tune.Tuner(
         make_trainable(cfg),
         tune_config=tune.TuneConfig(
@@ -322,6 +323,11 @@ def restore_tuner(cfg: AppConfig) -> Any:
     assert local is not None, "Tuner.restore without a local tuner (Ray changed?)"
     local.get_run_config().callbacks = make_callbacks(cfg)
     local.get_run_config().verbose = tune_verbosity(cfg)  # this command's -v, not the first one's
+    # The Optuna DB catches up with the searcher state this restore resumes (also for a finished
+    # study, which fit() never saves again), in the folder the study is in now.
+    from tune_app.optuna_store import sync_from_saved_state
+
+    sync_from_saved_state(cfg.study_dir)
     return tuner
 
 

@@ -155,12 +155,14 @@ def test_remove_torn_temps_deletes_only_what_killed_writers_left(tmp_path: Path)
     (trial / "tmp-0123abcd").mkdir(parents=True)  # a checkpoint save cut short
     (trial / "tmp-0123abcd" / "model.safetensors").write_bytes(b"x")
     (tmp_path / ".experiment_state-1.json.tmp-9f").write_text("{")  # a torn atomic write of Tune's
+    (tmp_path / ".optuna.db.tmp-5e").write_text("")  # an Optuna DB rebuild cut short (optuna_store)
+    # The Optuna DB and its rollback journal stay: SQLite needs a killed writer's journal to roll back.
     keep = [tmp_path / "study_config.yaml", tmp_path / ".study.lock", trial / "trial_state.json",
-            trial / "checkpoint_000000" / "state.json"]
+            trial / "checkpoint_000000" / "state.json", tmp_path / "optuna.db", tmp_path / "optuna.db-journal"]
     for path in keep:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{}")
     removed = {p.relative_to(tmp_path).as_posix() for p in remove_torn_temps(tmp_path)}
-    assert removed == {"trial_a/tmp-0123abcd", ".experiment_state-1.json.tmp-9f"}
+    assert removed == {"trial_a/tmp-0123abcd", ".experiment_state-1.json.tmp-9f", ".optuna.db.tmp-5e"}
     assert all(p.exists() for p in keep)
     assert not (trial / "tmp-0123abcd").exists()

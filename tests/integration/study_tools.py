@@ -133,3 +133,33 @@ def fill_bytes(path: Path, leave_free: int) -> None:
     """Allocate a file on ``path``'s filesystem so that ``leave_free`` bytes stay free."""
     with (path / "filler.bin").open("wb") as fh:
         os.posix_fallocate(fh.fileno(), 0, max(0, shutil.disk_usage(path).free - leave_free))
+
+
+def check_optuna_db(study: Path, metric: str = "val_macro_f1") -> None:
+    """``<study>/optuna.db`` holds each trial of the study exactly once, as Tune's files say it ended.
+
+    Per trial folder: one Optuna trial with its Tune trial id, the params of ``params.json``, one
+    intermediate value per epoch of ``result.json``, ``PRUNED`` if ``trial_state.json`` says it
+    was stopped early else ``COMPLETE``, and the last result's ``metric`` as its value.
+    """
+    from optuna.trial import TrialState
+
+    from tune_app.optuna_store import load_optuna_study
+
+    loaded = load_optuna_study(study)
+    assert loaded is not None, f"no readable optuna.db in {study}"
+    trials = loaded.get_trials(deepcopy=False)
+    ids = [t.user_attrs.get("tune_trial_id") for t in trials]
+    folders = trial_dirs(study)
+    assert len(trials) == len(set(ids)) == len(folders), f"Optuna DB trials {ids} vs {len(folders)} trial folders"
+    assert [t.number for t in trials] == list(range(len(trials)))
+    by_id = dict(zip(ids, trials, strict=True))
+    for folder in folders:
+        results = [json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
+        ot = by_id.get(results[-1]["trial_id"])
+        assert ot is not None, f"{folder.name} is not in the Optuna DB"
+        assert ot.params == json.loads((folder / "params.json").read_text()), folder.name
+        stopped = trial_state(folder).get("status") == "stopped"
+        assert ot.state == (TrialState.PRUNED if stopped else TrialState.COMPLETE), (folder.name, ot.state)
+        assert ot.value == pytest.approx(results[-1][metric]), folder.name
+        assert ot.intermediate_values == {r["epoch"]: pytest.approx(r[metric]) for r in results}, folder.name

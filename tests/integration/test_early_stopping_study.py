@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.integration.study_tools import (
+    check_optuna_db,
     end_group,
     mlflow_runs,
     run,
@@ -189,6 +190,7 @@ def test_an_asha_study_tells_optuna_stopped_trials_pruned(asha_study: tuple[Path
         assert ot.intermediate_values == {h["epoch"]: pytest.approx(h[METRIC]) for h in state["history"]}, trial.name
         expected = TrialState.PRUNED if state["status"] == "stopped" else TrialState.COMPLETE
         assert ot.state == expected and ot.value == pytest.approx(state["history"][-1][METRIC]), trial.name
+    check_optuna_db(study)  # and optuna.db says the same
 
 
 # --- kills at random moments, slow ----------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Kill a real study in the middle of trial 2 of 4, resume it, and check nothing was lost or repeated.
+"""Kill a real study in the middle of trial 2 of 4, resume it, and check nothing was lost or repeated
+(trial folders, checkpoints, MLflow runs, the Optuna study in ``optuna.db``).
 
 SIGINT and SIGTERM go to the driver (a clean, resumable stop); SIGKILL goes to the
 whole process group (driver, Ray workers, agents: a crash). Resume is by
@@ -19,6 +20,7 @@ import pytest
 
 from tests.integration.study_tools import (
     REPO,
+    check_optuna_db,
     end_group,
     mlflow_runs,
     run,
@@ -104,6 +106,7 @@ def _check_finished_study(storage: Path, study: Path) -> None:
     for t in trials:
         for ckpt in t.glob("checkpoint_*"):
             assert is_tombstone(ckpt) or verify_checkpoint(ckpt).ok
+    check_optuna_db(study)  # each trial once in optuna.db, with its final value and params
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])

@@ -7,7 +7,7 @@ each trial's newest valid checkpoint, then runs the one command a user would: ``
 of the study, or the start command again when the kill came before the study had its
 config. A study that finishes before the kills are used up is checked and the next one
 starts, so every kill lands in a real run. Each study must end holding exactly what an
-uninterrupted study holds, and every restart that had a valid checkpoint resumed from it.
+uninterrupted study holds (its Optuna DB included), and every restart that had a valid checkpoint resumed from it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,15 @@ from typing import Any
 
 import pytest
 
-from tests.integration.study_tools import end_group, mlflow_runs, run, start_run, tail, trial_state
+from tests.integration.study_tools import (
+    check_optuna_db,
+    end_group,
+    mlflow_runs,
+    run,
+    start_run,
+    tail,
+    trial_state,
+)
 from tune_app.checkpoints.store import checkpoint_index, is_tombstone, verify_checkpoint
 from tune_app.tracking.mlflow_callback import TRIAL_ID_TAG
 
@@ -78,6 +86,7 @@ def _check_study(storage: Path, study: Path, seed: int,
     assert len(trial_ids) == SAMPLES == len(set(trial_ids)), f"seed {seed}: one MLflow run per trial: {trial_ids}"
     for r in runs:
         assert r["steps"]["val_macro_f1"] == list(range(1, EPOCHS + 1)), (seed, r["steps"]["val_macro_f1"])
+    check_optuna_db(study)  # each trial once in optuna.db, with its final value and params
     checked = 0
     final: dict[str, list[dict[str, Any]]] = {t.name: trial_state(t)["starts"] for t in trials}
     for k, snapshot in enumerate(snapshots):

@@ -16,6 +16,7 @@ import pytest
 
 from tests.integration.study_tools import (
     REPO,
+    check_optuna_db,
     end_group,
     mlflow_runs,
     run,
@@ -170,3 +171,4 @@ def test_moved_and_copied_study_folders(tmp_path: Path) -> None:
     trial_ids = [r["tags"][TRIAL_ID_TAG] for r in runs]
     assert len(set(trial_ids)) == len(trial_ids) and 3 - finished_before <= len(runs) <= 3, trial_ids
     assert json.loads((moved / "meta" / "study.json").read_text())["study_dir"] == str(moved)
+    check_optuna_db(moved)  # the Optuna DB moved with the folder and holds every trial once
