@@ -225,3 +225,42 @@ def test_history_running_best_follows_the_mode() -> None:
         fig = history_figure(trials[::-1], "val_loss", mode)
         best = next(line for line in fig.axes[0].get_lines() if line.get_label() == "best so far")
         assert list(best.get_ydata()) == expected
+
+
+def test_plot_study_takes_the_sampled_distributions_from_the_studys_optuna_db(tmp_path: Path) -> None:
+    """Log scale, full range and typed choices as sampled; the values stay the report's best epochs."""
+    import optuna
+
+    from tune_app.optuna_store import storage_url
+
+    lr = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    batch = optuna.distributions.CategoricalDistribution([8, 16, 32])
+    db = optuna.create_study(study_name="s", storage=storage_url(tmp_path))
+    db.add_trial(optuna.trial.create_trial(params={"train.lr": 0.01, "train.batch_size": 8},
+                                           distributions={"train.lr": lr, "train.batch_size": batch}, value=0.1))
+    trials = [TrialInfo(path=tmp_path / f"train_trial_{i}", trial_id=f"id{i}", status="completed", history=[],
+                        params={"train.lr": 0.001 * (i + 1), "train.batch_size": [8, 16][i % 2]},
+                        best_score=0.5 + i / 10) for i in range(3)]
+    study = plot_study(trials)
+    assert [t.distributions["train.lr"] for t in study.trials] == [lr] * 3
+    assert study.trials[1].params["train.batch_size"] == 16 and study.trials[1].distributions["train.batch_size"] == batch
+    assert [t.value for t in study.trials] == [0.5, 0.6, 0.7]
+    # Without the DB: ranges spanning the trials' own values, linear.
+    elsewhere = [TrialInfo(path=tmp_path / "other" / t.path.name, trial_id=t.trial_id, status=t.status, history=[],
+                           params=t.params, best_score=t.best_score) for t in trials]
+    rebuilt = plot_study(elsewhere).trials[0].distributions["train.lr"]
+    assert not rebuilt.log and rebuilt.high == pytest.approx(0.003)
+
+
+def test_plot_study_ignores_a_db_distribution_the_trials_do_not_fit(tmp_path: Path) -> None:
+    import optuna
+
+    from tune_app.optuna_store import storage_url
+
+    db = optuna.create_study(study_name="s", storage=storage_url(tmp_path))
+    db.add_trial(optuna.trial.create_trial(params={"train.lr": 0.5},
+                                           distributions={"train.lr": optuna.distributions.FloatDistribution(0.1, 1)},
+                                           value=0.1))
+    trials = [TrialInfo(path=tmp_path / f"t{i}", trial_id=f"id{i}", status="completed", history=[],
+                        params={"train.lr": 0.001 * (i + 1)}, best_score=0.5) for i in range(2)]
+    assert plot_study(trials).trials[0].distributions["train.lr"].low == pytest.approx(0.001)

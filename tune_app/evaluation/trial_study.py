@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -73,24 +74,57 @@ def scored(trials: list[TrialInfo]) -> list[TrialInfo]:
     return sorted((t for t in trials if t.best_score is not None), key=start_order)
 
 
+def sampled_distributions(trials: list[TrialInfo]) -> dict[str, Any]:
+    """Each param's distribution as the searcher sampled it, from the Optuna DB of the trials' study.
+
+    Only distributions every one of ``trials``' values fits are returned (a DB of another
+    study, or one behind the trial folders, changes nothing); ``{}`` without a readable DB.
+    """
+    from tune_app.optuna_store import db_path, load_optuna_study
+
+    folders = {t.path.parent for t in trials if isinstance(t.path, Path)}
+    if len(folders) != 1 or not db_path(next(iter(folders))).is_file():
+        return {}
+    study = load_optuna_study(next(iter(folders)))
+    if study is None:
+        return {}
+    found: dict[str, Any] = {}
+    for frozen in study.get_trials(deepcopy=False):
+        for name, dist in frozen.distributions.items():
+            found.setdefault(name, dist)
+
+    def fits(dist: Any, value: Any) -> bool:
+        try:
+            return bool(dist._contains(dist.to_internal_repr(value)))
+        except (ValueError, TypeError):
+            return False
+
+    return {n: d for n, d in found.items() if all(fits(d, t.params[n]) for t in trials if n in t.params)}
+
+
 def plot_study(trials: list[TrialInfo], mode: str = "max") -> optuna.Study:
     """An in-memory Optuna study with one ``COMPLETE`` trial per scored trial (in start order).
 
     Each holds the trial's params (those it has: conditional params stay missing) and its
     best-epoch score as value (the report's trial score, stopped trials included), with its
-    Tune trial id as user attribute ``tune_trial_id``. A param's distribution spans its values
-    over these trials; categorical values are kept as strings. Trials without a score are left
-    out. ``mode``: the study's ``tune.mode`` (``max``/``min``).
+    Tune trial id as user attribute ``tune_trial_id``. A param's distribution is the one it was
+    sampled from, read from the study's Optuna DB (``<study>/optuna.db``: log scales, full
+    ranges and choices), else one spanning its values over these trials (categorical values
+    as strings). The DB's own trials are not used as they are: Optuna holds a stopped trial as
+    PRUNED and a finished one with its last epoch, where the report ranks every trial by its
+    best epoch. Trials without a score are left out. ``mode``: ``tune.mode`` (``max``/``min``).
     """
     import optuna
 
     kept = scored(trials)
     names = sorted({k for t in kept for k in t.params})
-    dists = {n: distribution([t.params[n] for t in kept if n in t.params]) for n in names}
+    sampled = sampled_distributions(kept)
+    dists = {n: sampled.get(n) or distribution([t.params[n] for t in kept if n in t.params]) for n in names}
     with quiet_optuna():
         study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
         for t in kept:
-            params = {n: (str(v) if isinstance(dists[n], optuna.distributions.CategoricalDistribution) else v)
+            params = {n: (str(v) if n not in sampled
+                          and isinstance(dists[n], optuna.distributions.CategoricalDistribution) else v)
                       for n, v in t.params.items()}
             study.add_trial(optuna.trial.create_trial(
                 params=params, distributions={n: dists[n] for n in params}, value=t.best_score,
