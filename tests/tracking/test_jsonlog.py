@@ -30,7 +30,9 @@ def read_events(paths: list[Path]) -> list[dict[str, object]]:
     return [json.loads(line) for p in paths for line in p.read_text().splitlines()]
 
 
-def test_trial_log_has_the_fields_and_stdout_is_human(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_trial_log_has_the_fields_and_stdout_is_human(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNE_APP_VERBOSE", "1")  # -v: the trial's INFO lines reach stdout (the driver's console)
     session = setup_trial_logging(tmp_path, study_id="s1", trial_id="t7", max_bytes=10**6, backup_count=3)
     log.info("epoch %d done", 3, extra={"val_loss": 0.25})
     try:
@@ -49,6 +51,19 @@ def test_trial_log_has_the_fields_and_stdout_is_human(tmp_path: Path, capsys: py
     assert "hunter2hunter2" not in path.read_text()
     out = capsys.readouterr().out
     assert "INFO tune_app.trainable [t7]: epoch 3 done" in out and "hunter2hunter2" not in out
+
+
+def test_a_quiet_trial_prints_only_warnings_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNE_APP_VERBOSE", "0")
+    session = setup_trial_logging(tmp_path, study_id="s1", trial_id="t7", max_bytes=10**6, backup_count=3)
+    log.info("epoch %d done", 3)
+    log.warning("checkpoint fell back")
+    logging.getLogger("ray.train").info("Checkpoint successfully created at: somewhere")
+    session.close()
+    out = capsys.readouterr().out
+    assert "checkpoint fell back" in out and "epoch 3 done" not in out and "Checkpoint successfully" not in out
+    assert "epoch 3 done" in (tmp_path / "logs" / "trial.jsonl").read_text(), "the trial's log keeps everything"
 
 
 def test_size_rotation_keeps_every_event_in_order(tmp_path: Path) -> None:
