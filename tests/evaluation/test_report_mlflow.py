@@ -44,7 +44,7 @@ def test_logged_on_the_study_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     client = MlflowClient(uri)
     run = client.get_run(run_id)
     assert run.data.tags[KIND_TAG] == "study" and run.data.tags[STUDY_TAG] == "s1"
-    assert client.get_experiment(run.info.experiment_id).name == "exp-study"
+    assert client.get_experiment(run.info.experiment_id).name == "exp", "the trial runs' experiment"
     assert run.data.metrics == report_metrics(REPORT)
     assert run.data.tags["tune_app.test_report_json"].endswith("evaluation_report.json")
     # The same run again (a re-evaluation), never a second study run; nothing under ./mlruns.

@@ -3,7 +3,8 @@
 :func:`log_study_report` puts the headline numbers of ``<study>/evaluation_report.json``
 (the tuned model's test metrics and every baseline's, plus the model's margin over each)
 on the study-level run that ``ResumableMLflowLoggerCallback`` created
-(experiment ``<experiment>-study``, tags ``tune_app.kind=study`` + ``tune_app.study``), and
+(the trial runs' parent in the study's experiment, tags ``tune_app.kind=study`` +
+``tune_app.study``), and
 tags naming the report's id and files. The files are not copied as artifacts: the study
 experiment has no artifact root of its own, so MLflow would write them under ``./mlruns``
 of whatever folder the command ran in. Best effort: tracking never fails a study, so an
@@ -19,12 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tune_app.tracking.buffer import find_or_create_run
-from tune_app.tracking.mlflow_callback import (
-    _MLFLOW_HTTP_ENV,
-    KIND_TAG,
-    STUDY_EXPERIMENT_SUFFIX,
-    STUDY_TAG,
-)
+from tune_app.tracking.mlflow_callback import _MLFLOW_HTTP_ENV, study_match
 from tune_app.tracking.sanitize import sanitize
 
 logger = logging.getLogger(__name__)
@@ -73,9 +69,8 @@ def log_study_report(report: dict[str, Any], *, tracking_uri: str, experiment_na
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=tracking_uri)
-        match = {KIND_TAG: "study", STUDY_TAG: study_name}
-        run_id, _ = find_or_create_run(client, f"{experiment_name}{STUDY_EXPERIMENT_SUFFIX}", match,
-                                       dict(match), f"study-{study_name}")
+        match = study_match(study_name)
+        run_id, _ = find_or_create_run(client, experiment_name, match, dict(match), f"study-{study_name}")
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, 0) for k, v in sorted(report_metrics(report).items())]
         for lo in range(0, len(metrics), 500):
