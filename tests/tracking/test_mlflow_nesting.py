@@ -216,3 +216,23 @@ def test_artifacts_of_a_new_sqlite_experiment_go_beside_the_store(tmp_path: Path
     assert experiment_id(client, "my study/1") == exp.experiment_id  # found, not created twice
     assert artifact_location("http://127.0.0.1:5000", "x") is None  # a server decides
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_storage_pressure_with_no_trial_running_tags_the_study_run(tmp_path: Path) -> None:
+    """The study run shares the trials' experiment: a study-wide escalation must not land on a trial run."""
+    from tune_app.callbacks import PRESSURE_TAG, RetentionCallback, StoragePressureCallback
+    from tune_app.checkpoints.retention import RetentionPolicy
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    a = FakeTrial("aaa", tmp_path / STUDY / "trial_a", {"train.lr": 0.01})
+    cb = callback(tmp_path, uri)
+    cb.setup()
+    cb.log_trial_start(a)  # the newest run of the experiment: a plain search would find it first
+    cb.on_experiment_end([a])
+    retention = RetentionCallback(tmp_path / STUDY, metric="val_macro_f1", mode="max", policy=RetentionPolicy())
+    pressure = StoragePressureCallback(tmp_path / STUDY, retention, interval_s=3600, warn_free_fraction=0.1,
+                                       error_free_fraction=0.05, tracking_uri=uri, experiment_name=STUDY)
+    pressure._tag(None, 2)
+    pressure._tag(a, 3)
+    study, (trial,), _ = runs_of(uri)
+    assert study.data.tags[PRESSURE_TAG] == "2" and trial.data.tags[PRESSURE_TAG] == "3"
