@@ -137,14 +137,16 @@ def log_study_report(report: dict[str, Any], *, tracking_uri: str, experiment_na
             return str(run_id)
         values = sorted(report_metrics(report).items())
         if held != report_id and values:
-            step = _next_step(client, run_id, values[0][0])
+            headline = f"{report.get('split')}.model.criteria.macro_f1"
+            step = _next_step(client, run_id, headline if headline in dict(values) else values[0][0])
             now = int(time.time() * 1000)
             metrics = [Metric(k, v, now, step) for k, v in values]
             for lo in range(0, len(metrics), 500):
                 client.log_batch(run_id, metrics=metrics[lo:lo + 500])
         if report_dir is not None:
             _replace_artifacts(client, run_id, report_artifacts(report, report_dir))
-            files = files if files is not None else [Path(report_dir) / REPORT_FILE, Path(report_dir) / HTML_FILE]
+            if files is None:
+                files = [p for p in (Path(report_dir) / REPORT_FILE, Path(report_dir) / HTML_FILE) if p.is_file()]
         tags = {f"tune_app.test_report_{Path(p).suffix.lstrip('.') or 'file'}": sanitize(str(p))
                 for p in files or []}
         tags[REPORT_SOURCE_TAG] = sanitize(str(report.get("source") or ""))
