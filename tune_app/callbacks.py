@@ -292,7 +292,12 @@ class StoragePressureCallback(Callback):
         try:
             from mlflow.tracking import MlflowClient
 
-            from tune_app.tracking.mlflow_callback import STUDY_TAG, TRIAL_ID_TAG
+            from tune_app.tracking.mlflow_callback import (
+                KIND_TAG,
+                STUDY_KIND,
+                STUDY_TAG,
+                TRIAL_ID_TAG,
+            )
 
             client = MlflowClient(self.tracking_uri)
             exp = client.get_experiment_by_name(self.experiment_name)
@@ -301,6 +306,8 @@ class StoragePressureCallback(Callback):
             query = f"tags.`{STUDY_TAG}` = '{self.retention.study_dir.name}'"
             if trial is not None:
                 query += f" and tags.`{TRIAL_ID_TAG}` = '{trial.trial_id}'"
+            else:  # no trial running: the study-level run
+                query += f" and tags.`{KIND_TAG}` = '{STUDY_KIND}'"
             for run in client.search_runs([exp.experiment_id], filter_string=query, max_results=1):
                 client.set_tag(run.info.run_id, PRESSURE_TAG, str(step))
                 if trial is not None:

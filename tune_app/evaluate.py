@@ -4,7 +4,9 @@ Recomputes an evaluation by hand (the study already evaluated its test split onc
 when it finished; see docs/reports.md). Without an existing study report, and for
 the whole study on the test split, the result becomes the study report (recorded in
 ``meta/study.json``); otherwise it goes to ``<study>/manual_evaluation/`` (or ``--out``)
-and, when a study report exists, the largest difference from it is printed.
+and, when a study report exists, the largest difference from it is printed. An
+evaluation of the whole study on the test split is logged on the study's MLflow study
+run (metrics at the next step; its JSON, HTML and plots replace the run's report files).
 
 Exit codes: 0 ok, 2 bad input (missing study, no checkpoint to evaluate...), 130 interrupted.
 """
@@ -93,6 +95,10 @@ def _evaluate_study(args: argparse.Namespace, study: Path) -> int:
     path = write_study_report(report, out, study_dir=study, plots=not args.no_plots)
     if becomes_study_report and recorded_test_evaluation(study) is None:
         record_test_evaluation(study, report)
+    if whole_test:  # the study's MLflow study run shows this evaluation (its files replace the last set)
+        from tune_app.evaluation.report import log_report_to_mlflow, read_study_config
+
+        log_report_to_mlflow(path.parent, read_study_config(study), report)
     m = report[f"{args.split}_metrics"]
     print(f"{args.split}: trial {report['best_trial_id']} ({len(report['evaluated_checkpoints'])} "
           f"checkpoint(s)) macro-F1 {m['criteria_matching']['macro_f1']:.4f}, evidence token F1 "

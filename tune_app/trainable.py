@@ -16,7 +16,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -151,12 +150,11 @@ def seed_everything(seed: int, *, deterministic: bool) -> None:
 
 def trial_seed(cfg: AppConfig, params: dict[str, Any]) -> int:
     """The trial's seed under ``train.seed_policy``: the study ``seed``, or (``per_trial``)
-    one derived from it and the sampled ``params``, so trials differ in their random
-    draws yet each is reproducible from its params plus the study config."""
-    if cfg.train.seed_policy == "study":
-        return cfg.seed
-    digest = hashlib.sha256(json.dumps([cfg.seed, params], sort_keys=True, default=str).encode()).digest()
-    return int.from_bytes(digest[:4], "big") % 2**31
+    one derived from it and the sampled ``params`` (``tune_app.seeds``, which the driver's
+    MLflow callback uses too)."""
+    from tune_app.seeds import derive_seed
+
+    return derive_seed(cfg.seed, cfg.train.seed_policy, params)
 
 
 def _worker_init(worker_id: int) -> None:

@@ -158,8 +158,17 @@ def make_callbacks(cfg: AppConfig) -> list[Any]:
         study_name=cfg.tune.name,
         study_dir=cfg.study_dir,
         buffer_warn_mb=cfg.tracking.buffer_warn_mb, close_timeout_s=cfg.tracking.close_timeout_s,
-        extra_tags={"tune_app.seed": str(cfg.seed), "tune_app.model": cfg.model.name,
-                    "tune_app.dataset": cfg.data.name, **{f"tune_app.{k}": v for k, v in code_version().items()}},
+        # tune_app.seed: the study's seed on the study run; each trial run gets the seed it trained with.
+        extra_tags={"tune_app.seed": str(cfg.seed), "tune_app.seed_policy": cfg.train.seed_policy,
+                    "tune_app.model": cfg.model.name, "tune_app.dataset": cfg.data.name,
+                    **{f"tune_app.{k}": v for k, v in code_version().items()}},
+        metric=cfg.tune.metric, mode=cfg.tune.mode, num_samples=cfg.tune.num_samples,
+        study_seed=cfg.seed, seed_policy=cfg.train.seed_policy,
+        study_params={"num_samples": cfg.tune.num_samples, "max_epochs": cfg.tune.max_epochs,
+                      "metric": cfg.tune.metric, "mode": cfg.tune.mode, "searchspace": cfg.searchspace,
+                      "scheduler": cfg.tune.scheduler, "sampler_seed": cfg.tune.sampler_seed,
+                      "seed": cfg.seed, "seed_policy": cfg.train.seed_policy, "model": cfg.model.name,
+                      "dataset": cfg.data.name},
     )
     from tune_app.state_sync import TrimEndedTrialState
 

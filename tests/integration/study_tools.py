@@ -100,8 +100,10 @@ def trial_state(trial_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def mlflow_runs(storage: Path, experiment: str) -> list[dict[str, Any]]:
-    """Every run of ``experiment`` in ``<storage>/mlflow.db`` with params, tags and metric steps."""
+def mlflow_runs(storage: Path, experiment: str, *, kind: str = "trial") -> list[dict[str, Any]]:
+    """The runs of ``experiment`` in ``<storage>/mlflow.db`` with params, tags and metric steps:
+    the trial runs (``kind="trial"``, every run but the study run), the study-level run
+    (``kind="study"``) or every run (``kind="all"``)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
@@ -109,11 +111,25 @@ def mlflow_runs(storage: Path, experiment: str) -> list[dict[str, Any]]:
     assert exp is not None, f"no MLflow experiment {experiment!r}"
     out = []
     for run in client.search_runs([exp.experiment_id], max_results=1000):
+        is_study = run.data.tags.get("tune_app.kind") == "study"
+        if (kind == "trial" and is_study) or (kind == "study" and not is_study):
+            continue
         steps = {key: [m.step for m in client.get_metric_history(run.info.run_id, key)]
                  for key in run.data.metrics}
         out.append({"run_id": run.info.run_id, "status": run.info.status, "params": run.data.params,
                     "tags": run.data.tags, "steps": steps, "metrics": run.data.metrics})
     return out
+
+
+def mlflow_artifacts(storage: Path, run_id: str, path: str | None = None) -> list[str]:
+    """Every artifact file of ``run_id`` in ``<storage>/mlflow.db`` (paths, sorted)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    out: list[str] = []
+    for item in client.list_artifacts(run_id, path):
+        out.extend(mlflow_artifacts(storage, run_id, item.path) if item.is_dir else [item.path])
+    return sorted(out)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from tests.integration.study_tools import (
     REPO,
     check_optuna_db,
     end_group,
+    mlflow_artifacts,
     mlflow_runs,
     run,
     start_run,
@@ -100,9 +101,23 @@ def _check_finished_study(storage: Path, study: Path) -> None:
     assert resumed[0]["starts"][-1]["start_epoch"] > 1, "it continues from its checkpoint, not epoch 1"
     runs = mlflow_runs(storage, study.name)
     assert len(runs) == SAMPLES, "one MLflow run per trial, no duplicate run after restore"
+    (study_run,) = mlflow_runs(storage, study.name, kind="study")  # found again by the resume, not recreated
+    seeds = {t.name.split("_")[2]: str(s["seed"]) for t, s in zip(trials, states, strict=True)}
     for r in runs:
         for key in ("val_macro_f1", "val_loss", "epoch"):
             assert r["steps"][key] == list(range(1, EPOCHS + 1)), (key, r["steps"][key])
+        assert r["tags"]["mlflow.parentRunId"] == study_run["run_id"], "nested under the one study run"
+        assert r["tags"]["tune_app.seed"] == r["params"]["trial_seed"] == seeds[r["tags"]["tune_app.trial_id"]]
+    tags = study_run["tags"]
+    assert study_run["status"] == "FINISHED" and tags["tune_app.trials.finished"] == str(SAMPLES)
+    assert tags["tune_app.trials.failed"] == "0" and tags["tune_app.trials.stopped_early"] == "0"
+    best = max(h["val_macro_f1"] for s in states for h in s["history"])
+    assert float(tags["tune_app.best_score"]) == pytest.approx(best) and tags["tune_app.best_trial_id"] in seeds
+    if (study / "evaluation_report.json").is_file():  # the report's files, one set
+        report = json.loads((study / "evaluation_report.json").read_text())
+        assert tags["tune_app.test_report_id"] == report["report_id"]
+        assert mlflow_artifacts(storage, study_run["run_id"]) == sorted(
+            ["evaluation_report.json", *report["artifacts"].values()])
     for t in trials:
         for ckpt in t.glob("checkpoint_*"):
             assert is_tombstone(ckpt) or verify_checkpoint(ckpt).ok

@@ -25,6 +25,7 @@ import pytest
 from tests.integration.study_tools import (
     REPO,
     end_group,
+    mlflow_artifacts,
     mlflow_runs,
     start_run,
     study_env,
@@ -131,8 +132,11 @@ def test_metrics_survive_a_server_outage(tmp_path: Path) -> None:
             logged = sorted((m.step, m.value) for m in client.get_metric_history(run["run_id"], key))
             expected = [(h["epoch"], pytest.approx(float(h[key]))) for h in history]
             assert logged == expected, (trial.name, key, logged)  # nothing missing, nothing twice
-    study_exp = client.get_experiment_by_name(f"{NAME}-study")
-    assert study_exp is not None
-    study_runs = client.search_runs([study_exp.experiment_id])
-    assert len(study_runs) == 1 and study_runs[0].data.tags["tune_app.progress.done"] == "2"
+    study_runs = mlflow_runs(storage, NAME, kind="study")  # beside the trial runs, their parent
+    assert len(study_runs) == 1 and study_runs[0]["tags"]["tune_app.progress.done"] == "2"
+    assert study_runs[0]["tags"]["tune_app.trials.finished"] == "2"
+    assert all(r["tags"]["mlflow.parentRunId"] == study_runs[0]["run_id"] for r in runs), "the parent survives replay"
+    report = json.loads((study / "evaluation_report.json").read_text())  # logged through the server
+    assert mlflow_artifacts(storage, study_runs[0]["run_id"]) == sorted(
+        ["evaluation_report.json", *report["artifacts"].values()])
     print(f"outage lasted {outage_s:.0f} s")

@@ -499,7 +499,9 @@ def evaluate_finished_study(study_dir: Path, *, device: str | None = None, force
     already records a test evaluation whose report exists (unless ``force``). Otherwise
     refreshes the trial reports, evaluates the best trial on the test split, writes
     ``<study>/evaluation_report.json`` with its plots, records it in ``meta/study.json`` and
-    logs its metrics (model and baselines) on the study's MLflow study-level run.
+    logs it on the study's MLflow study-level run (metrics; JSON, HTML and plots as
+    artifacts). A study evaluated before whose study run holds no report yet (MLflow was
+    unreachable then) gets it logged now.
     """
     study_dir = Path(study_dir).resolve()
     cfg = read_study_config(study_dir)
@@ -511,18 +513,30 @@ def evaluate_finished_study(study_dir: Path, *, device: str | None = None, force
     if done and (study_dir / REPORT_FILE).is_file() and not force:
         logger.info("test split of %s already evaluated (report %s, %s); not evaluated again",
                     study_dir, done.get("report_id"), done.get("generated_at"))
+        log_report_to_mlflow(study_dir, cfg, only_if_missing=True)  # MLflow was down when it was written
         return None
     refresh_trial_reports(study_dir)
     report = evaluate_study(study_dir, split="test", device=device, source="on_finish")
     path = write_study_report(report, study_dir, study_dir=study_dir)
     record_test_evaluation(study_dir, report)
-    from tune_app.tracking.report_log import log_study_report
-
-    log_study_report(report, tracking_uri=cfg.tracking_uri, experiment_name=cfg.experiment_name,
-                     study_name=cfg.tune.name, files=[path, study_dir / HTML_FILE])
+    log_report_to_mlflow(study_dir, cfg, report)
     logger.info("test evaluation of %s: best trial %s, test macro-F1 %.4f -> %s", study_dir,
                 report["best_trial_id"], report["test_metrics"]["criteria_matching"]["macro_f1"], path)
     return path
+
+
+def log_report_to_mlflow(report_dir: Path, cfg: AppConfig, report: dict[str, Any] | None = None, *,
+                         only_if_missing: bool = False) -> str | None:
+    """Log the study report in ``report_dir`` (``report``, else read from its JSON) on the
+    study's MLflow study run: metrics, and the JSON, HTML and plots as artifacts (replacing
+    the previous set). Best effort: the run id, or None (MLflow unreachable, no report)."""
+    from tune_app.tracking.report_log import log_study_report
+
+    report = report if report is not None else _read_json(Path(report_dir) / REPORT_FILE)
+    if not report:
+        return None
+    return log_study_report(report, tracking_uri=cfg.tracking_uri, experiment_name=cfg.experiment_name,
+                            study_name=cfg.tune.name, report_dir=Path(report_dir), only_if_missing=only_if_missing)
 
 
 def record_test_evaluation(study_dir: Path, report: dict[str, Any]) -> None:

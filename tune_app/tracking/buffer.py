@@ -14,7 +14,8 @@ Nothing is dropped:
   rewritten with the records not sent yet (and every run description).
 * Each buffered run has a description (``op: run``: experiment, match tags, tags, params,
   name). A replay that finds the run missing (the store was deleted or replaced) creates
-  it again, found by its match tags (study + trial id), with its params and tags.
+  it again, found by its match tags (study + trial id), with its params and tags; its
+  parent (``mlflow.parentRunId``, the study run) is resolved, or recreated, first.
 * A record MLflow refuses for good (``INVALID_PARAMETER_VALUE``, isolated record by
   record) moves to ``mlflow_rejected.jsonl`` beside the buffer, with the reason.
 
@@ -42,6 +43,9 @@ from tune_app.tracking.sanitize import sanitize, sanitize_mapping
 logger = logging.getLogger("tune_app.tracking.buffer")
 
 PENDING_PREFIX = "pending:"
+#: The tag that nests a run under its parent (MLflow's own); its value may be a run reference
+#: (a ``pending:`` placeholder, or a run the store lost): the writer sends the parent's run id now.
+PARENT_RUN_TAG = "mlflow.parentRunId"
 BUFFER_FILE = "mlflow_buffer.jsonl"
 REJECTED_FILE = "mlflow_rejected.jsonl"
 #: MLflow accepts at most 1000 metrics per ``log_batch``.
@@ -198,8 +202,9 @@ def find_or_create_run(client: Any, experiment_name: str, match: dict[str, str],
     experiment_name = sanitize(experiment_name)
     tags = sanitize_mapping(tags)
     run_name = sanitize(run_name) if run_name is not None else None
-    exp = client.get_experiment_by_name(experiment_name)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment_name)
+    from tune_app.tracking.experiment import experiment_id
+
+    exp_id = experiment_id(client, experiment_name)  # a new one keeps its artifacts beside a sqlite store
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in sorted(match.items()))
     runs = client.search_runs([exp_id], filter_string=query, max_results=1)
     if runs:
@@ -328,6 +333,20 @@ class BufferedMlflowWriter:
 
     def resolve(self, run_ref: str) -> str | None:
         return self._resolved.get(run_ref, None if run_ref.startswith(PENDING_PREFIX) else run_ref)
+
+    def resolve_tags(self, tags: dict[str, str]) -> dict[str, str]:
+        """``tags`` with a parent run reference replaced by the run id the store has now
+        (left out while the parent is only a placeholder)."""
+        parent = tags.get(PARENT_RUN_TAG)
+        if parent is None:
+            return tags
+        out = dict(tags)
+        run_id = self.resolve(str(parent))
+        if run_id is None:
+            del out[PARENT_RUN_TAG]
+        else:
+            out[PARENT_RUN_TAG] = run_id
+        return out
 
     @property
     def in_outage(self) -> bool:
@@ -566,8 +585,12 @@ class BufferedMlflowWriter:
         if known is not None and (not replay or self._run_exists(client, known)):
             self._resolved[ref] = known
             return
+        parent = (rec.get("tags") or {}).get(PARENT_RUN_TAG)
+        if parent is not None and parent != ref and parent in self._runs:
+            self._ensure_run(client, self._runs[parent], replay, skip_upto)  # the parent first (recreated?)
         run_id, created = find_or_create_run(client, rec.get("experiment") or self.experiment_name,
-                                             rec["match"], rec.get("tags") or {}, rec.get("run_name"))
+                                             rec["match"], self.resolve_tags(rec.get("tags") or {}),
+                                             rec.get("run_name"))
         self._resolved[ref] = run_id
         if known is not None:
             self._recreated += 1
@@ -617,8 +640,9 @@ class BufferedMlflowWriter:
             items = [Param(k, v) for k, v in todo.items()]
             self._call_isolating(parts, lambda idx: client.log_batch(run_id, params=[items[j] for j in idx]))
         elif op == "tags":
-            parts = [{"op": "tags", "run_id": rec["run_id"], "tags": {k: v}} for k, v in rec["tags"].items()]
-            tags = [RunTag(k, str(v)) for k, v in rec["tags"].items()]
+            resolved = self.resolve_tags(rec["tags"])
+            parts = [{"op": "tags", "run_id": rec["run_id"], "tags": {k: rec["tags"][k]}} for k in resolved]
+            tags = [RunTag(k, str(v)) for k, v in resolved.items()]
             self._call_isolating(parts, lambda idx: client.log_batch(run_id, tags=[tags[j] for j in idx]))
         elif op == "status" and rec["status"] == "RUNNING":
             self._call_isolating([rec], lambda idx: client.update_run(run_id, status="RUNNING"))

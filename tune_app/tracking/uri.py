@@ -22,7 +22,7 @@ def tracking_schemes() -> list[str]:
     return sorted(_tracking_store_registry._registry)
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     """The file of a ``sqlite://`` URI (``None``: in memory)."""
     rest = uri.split("://", 1)[1].split("?", 1)[0]
     if rest in ("", "/", "/:memory:"):
@@ -58,7 +58,7 @@ def tracking_uri_problem(uri: str | None) -> str | None:
         schemes = ", ".join(s for s in tracking_schemes() if s)
         return f"{KEY}={uri!r} is not a tracking store MLflow knows (schemes: {schemes}); {_HELP}"
     if uri.lower().startswith("sqlite:"):
-        path = _sqlite_path(uri)
+        path = sqlite_path(uri)
         problem = _unwritable_folder(path) if path is not None else None
         if problem:
             return f"{KEY}={uri!r} cannot be used: {problem}; point it at a writable folder, or {_HELP}"
@@ -80,7 +80,7 @@ def create_sqlite_store(uri: str | None) -> bool:
 
     if uri is None or not str(uri).lower().startswith("sqlite:"):
         return False
-    path = _sqlite_path(str(uri))
+    path = sqlite_path(str(uri))
     if path is None or path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
