@@ -92,7 +92,8 @@ def test_a_checkpoint_forces_no_state_sync() -> None:
     assert ours.auto_checkpoint_enabled, "the adaptive period stays"
 
 
-def test_a_local_study_gets_its_state_written_once_durably_and_staging_keeps_no_stale_copy(tmp_path: Path) -> None:
+def test_a_local_study_gets_its_state_written_once_durably_and_staging_keeps_no_stale_copy(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The experiment state and the searcher's files go straight into the study (no staging copy
     for Tune's syncer to upload); a stale file a restore left in staging is dropped."""
     from tune_app.atomic_fs import atomic_storage_filesystem
@@ -136,8 +137,9 @@ def test_a_local_study_gets_its_state_written_once_durably_and_staging_keeps_no_
         raise OSError(28, "No space left on device")
     ours._search_alg = SimpleNamespace(save_to_dir=broken)
     entries["t0"] = _pair(0, epoch=5)
-    with pytest.raises(OSError):
-        TuneController.save_to_dir(ours)  # type: ignore[arg-type]
+    # Not fatal (as a failed upload in Tune): the study goes on, or ends with its own actionable error.
+    TuneController.save_to_dir(ours)  # type: ignore[arg-type]
+    assert "could not save Tune's state" in caplog.text and "No space left on device" in caplog.text
     assert (study / "searcher-state-test.pkl").read_bytes() == b"searcher", "the previous state stays whole"
     assert json.loads((study / "experiment_state-test.json").read_text())["trial_data"][0] == list(_pair(0))
     assert not [p for p in study.iterdir() if p.name.startswith("tmp-")]

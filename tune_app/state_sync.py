@@ -30,6 +30,7 @@ import contextlib
 import copy
 import functools
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -40,6 +41,8 @@ from typing import Any
 from ray.tune import Callback
 
 from tune_app.checkpoints.store import TMP_PREFIX
+
+logger = logging.getLogger(__name__)
 
 _MARK = "_tune_app_syncs_on_add"
 
@@ -293,7 +296,12 @@ def encode_state_incrementally() -> None:
         staging.mkdir(parents=True, exist_ok=True)
         study = local_experiment_dir(self._storage)
         if study is not None:
-            write_state_files(study, write, final_last=name)
+            try:
+                write_state_files(study, write, final_last=name)
+            except OSError as exc:  # a full disk (bytes or inodes): as a failed upload in Tune, not fatal
+                logger.warning("could not save Tune's state in %s (%s); the study keeps its previous state, which "
+                               "a resume starts from", study, exc)
+                return
             sync_optuna_db(self._search_alg, study)  # never ahead of the state just saved
             # After a restore Tune's staging folder holds copies of the study's root files
             # (old state, progress.json): its syncer would copy them back over the live ones
