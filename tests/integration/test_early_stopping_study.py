@@ -323,7 +323,8 @@ def test_a_kill_between_the_stop_record_and_tunes_state_never_revives_the_trial(
     assert after["starts"] == before["starts"], "the stopped trial was trained again"
     assert len(_checkpoints(victim)) == before["stopped_early"]["epoch"]
     # Tune revived it (its saved state said RUNNING); the trainable reported its last result instead.
-    assert "not training it again" in resume_log.read_text()
+    # (an INFO line of the trial: in its log, and on the console only with -v)
+    assert "not training it again" in (victim / "logs" / "trial.jsonl").read_text(), tail(resume_log)
     tid = json.loads((victim / "result.json").read_text().splitlines()[-1])["trial_id"]
     (mlrun,) = [r for r in mlflow_runs(storage, "window") if r["tags"]["tune_app.trial_id"] == tid]
     assert mlrun["status"] == "FINISHED" and mlrun["tags"][outcome.OUTCOME_TAG] == "stopped"
