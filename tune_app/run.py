@@ -169,8 +169,7 @@ def _resume(cfg: object) -> int:
         logger.info("removed %s, left by an interrupted write", path.relative_to(study))
     if not has_tune_state(study):
         check_resources(cfg)
-        logger.info("Tune saved no state in %s (interrupted at start-up): starting the study from its saved "
-                    "config", study)
+        _say(f"Tune saved no state in {study} (interrupted at start-up): starting the study from its saved config")
         return _start(cfg)
     check_tune_state_readable(study)
     ensure_prepared(cfg)
