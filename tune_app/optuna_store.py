@@ -338,7 +338,9 @@ class OptunaMirror:
                     storage.create_new_trial(study_id, template_trial=trial)
             finally:
                 storage.engine.dispose()
-            _fsync(tmp)
+            from tune_app.study import fsync_path
+
+            fsync_path(tmp)
             _replace_db(tmp, self.path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -376,14 +378,6 @@ def _scratch_connection(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=OFF")
     conn.execute("PRAGMA synchronous=OFF")
     return conn
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _replace_db(new: Path, path: Path) -> None:
