@@ -318,6 +318,75 @@ def evaluate(model: torch.nn.Module, split: SplitData, cfg: AppConfig, device: t
     return metrics
 
 
+# --- what a trial trains ----------------------------------------------------------------
+@dataclass
+class TrainingRun:
+    """Model, data, optimiser, schedule and loss of one trial, built from its config.
+
+    The trainable and the in-process trainer (``training.standalone``) both build it with
+    :func:`build_training_run` and step it with :meth:`run_epoch`, so what the learning
+    tests measure is what a trial trains.
+    """
+
+    cfg: AppConfig
+    seed: int
+    device: torch.device
+    model: Any
+    train: SplitData
+    val: SplitData
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    loss_kwargs: dict[str, Any]
+    steps_per_epoch: int
+
+    @property
+    def epochs(self) -> int:
+        return self.cfg.trial_epochs
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train epoch ``epoch`` (its shuffle seeded by the trial seed and the epoch, so a
+        resumed trial draws the same batches) and evaluate on validation: ``epoch``,
+        ``train_loss`` and the ``val_*`` metrics."""
+        from tune_app.training import train_one_epoch
+
+        t = self.cfg.train
+        assert self.train.loader.generator is not None
+        self.train.loader.generator.manual_seed(self.seed * 100_003 + epoch)
+        train_loss = train_one_epoch(
+            self.model, self.train.loader, self.optimizer, self.scheduler, loss_kwargs=self.loss_kwargs,
+            device=self.device, grad_accumulation_steps=t.grad_accumulation_steps, fgm_epsilon=t.fgm_epsilon,
+            precision=t.precision, max_grad_norm=t.max_grad_norm, scaler=self.scaler)
+        return {"epoch": epoch, "train_loss": train_loss,
+                **evaluate(self.model, self.val, self.cfg, self.device, loss_kwargs=self.loss_kwargs)}
+
+
+def build_training_run(cfg: AppConfig, encoder: Any, train_posts: list[Any], val_posts: list[Any], *,
+                       seed: int, device: torch.device, train_cache_key: tuple[Any, ...] | None = None,
+                       val_cache_key: tuple[Any, ...] | None = None) -> TrainingRun:
+    """Seed every RNG with ``seed``, then build the model on ``encoder`` (a private copy),
+    the encoded splits (cached under the given keys, which must name the posts' content and
+    the tokenizer), the optimiser, the schedule over ``cfg.trial_epochs`` and the loss."""
+    from tune_app.training import build_scheduler, make_grad_scaler, optimizer_steps
+
+    t = cfg.train
+    seed_everything(seed, deterministic=t.deterministic)
+    model = make_model(cfg, encoder, seed=seed).to(device)
+    pin = device.type == "cuda"
+    train = build_split(train_posts, encoder.tokenizer, cfg, shuffle=True, seed=seed,
+                        cache_key=train_cache_key, pin_memory=pin)
+    val = build_split(val_posts, encoder.tokenizer, cfg, shuffle=False, seed=seed,
+                      cache_key=val_cache_key, pin_memory=pin)
+    optimizer = make_optimizer(cfg, model)
+    steps_per_epoch = optimizer_steps(len(train.loader), t.grad_accumulation_steps)
+    scheduler = build_scheduler(optimizer, name=t.scheduler, warmup_ratio=t.warmup_ratio,
+                                total_steps=steps_per_epoch * cfg.trial_epochs)
+    return TrainingRun(cfg=cfg, seed=seed, device=device, model=model, train=train, val=val,
+                       optimizer=optimizer, scheduler=scheduler, scaler=make_grad_scaler(device, t.precision),
+                       loss_kwargs=loss_settings(cfg, class_weights(train, cfg, device)),
+                       steps_per_epoch=steps_per_epoch)
+
+
 # --- checkpoints ----------------------------------------------------------------------
 @dataclass
 class TrialState:
@@ -454,12 +523,6 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     from tune_app.data.redsm5 import load_splits
     from tune_app.evaluation.report import write_trial_report
     from tune_app.tracking.progress import log_epoch_progress
-    from tune_app.training import (
-        build_scheduler,
-        make_grad_scaler,
-        optimizer_steps,
-        train_one_epoch,
-    )
     from tune_app.worker_cache import fresh_encoder
 
     study_dir = cfg.study_dir
@@ -493,23 +556,11 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     # before in this worker never changes this trial's draws.
     encoder = fresh_encoder(cfg.model.name, revision=cfg.model.revision, seed=seed,
                             gradient_checkpointing=cfg.model.gradient_checkpointing)
-    seed_everything(seed, deterministic=cfg.train.deterministic)
-    model = make_model(cfg, encoder, seed=seed).to(device)
-    pin = device.type == "cuda"
-    train = build_split(train_posts, encoder.tokenizer, cfg, shuffle=True, seed=seed,
-                        cache_key=(*train_key, encoder.signature), pin_memory=pin)
-    val = build_split(val_posts, encoder.tokenizer, cfg, shuffle=False, seed=seed,
-                      cache_key=(*data_key, "validation", encoder.signature), pin_memory=pin)
-    t = cfg.train
-    optimizer = make_optimizer(cfg, model)
-    steps_per_epoch = optimizer_steps(len(train.loader), t.grad_accumulation_steps)
-    epochs = cfg.trial_epochs
-    scheduler = build_scheduler(optimizer, name=t.scheduler, warmup_ratio=t.warmup_ratio,
-                                total_steps=steps_per_epoch * epochs)
-    scaler = make_grad_scaler(device, t.precision)
+    run = build_training_run(cfg, encoder, train_posts, val_posts, seed=seed, device=device,
+                             train_cache_key=(*train_key, encoder.signature),
+                             val_cache_key=(*data_key, "validation", encoder.signature))
+    model, optimizer, scheduler, epochs = run.model, run.optimizer, run.scheduler, run.epochs
     compat = compat_metadata(model, cfg)
-    pos_weight = class_weights(train, cfg, device)
-    loss_kwargs = loss_settings(cfg, pos_weight)
 
     # Resume: the newest valid checkpoint, also one Tune's saved state missed (a kill before
     # its sync): those epochs are reported to Tune again first (checkpoints.resume).
@@ -555,16 +606,9 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
 
     epoch_times: list[float] = []
     for epoch in range(start_epoch, epochs + 1):
-        assert train.loader.generator is not None
-        train.loader.generator.manual_seed(seed * 100_003 + epoch)
         epoch_start = time.monotonic()
         with gpu_oom_as_trial_error(cfg, device):
-            train_loss = train_one_epoch(
-                model, train.loader, optimizer, scheduler, loss_kwargs=loss_kwargs, device=device,
-                grad_accumulation_steps=t.grad_accumulation_steps, fgm_epsilon=t.fgm_epsilon,
-                precision=t.precision, max_grad_norm=t.max_grad_norm, scaler=scaler)
-            metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss,
-                                       **evaluate(model, val, cfg, device, loss_kwargs=loss_kwargs)}
+            metrics = run.run_epoch(epoch)
         metrics["epoch_time_s"] = time.monotonic() - epoch_start
         if device.type == "cuda":
             metrics["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -589,7 +633,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
             model_state=model.state_dict(),
             optimizer_state=optimizer.state_dict(),
             scheduler_state=scheduler.state_dict(),
-            trainer_state={"epoch": epoch, "step": epoch * steps_per_epoch, "metrics": metrics,
+            trainer_state={"epoch": epoch, "step": epoch * run.steps_per_epoch, "metrics": metrics,
                            "history": state.history, "params": params, "seed": seed,
                            "metric": cfg.tune.metric},
             compat=compat,

@@ -1,8 +1,8 @@
 """Train one configuration in this process, without Ray Tune: the trainable's own steps.
 
 :func:`study_splits` reads and splits the posts as a study with the same config does;
-:func:`train_config` then runs what a trial runs (encoder, model, optimiser, scheduler,
-``train_one_epoch`` and ``evaluate`` per epoch) and returns the per-epoch validation
+:func:`train_config` then runs what a trial runs (``trainable.build_training_run`` and
+its ``run_epoch``) and returns the per-epoch validation
 metrics a trial would report. No checkpoints, tracking or augmentation. For the learning
 tests, ``benchmarks/learning_matrix.py`` and trying a config by hand::
 
@@ -55,53 +55,17 @@ def train_config(cfg: AppConfig, splits: PostSplits, *, train_posts: int | None 
     a trial with ``cfg.seed``; the validation metrics of every epoch (``val_macro_f1``,
     ``val_evidence_f1``, ...), plus ``epoch`` and ``train_loss``."""
     from tune_app.models.encoders import load_encoder
-    from tune_app.trainable import (
-        build_split,
-        class_weights,
-        evaluate,
-        loss_settings,
-        make_model,
-        make_optimizer,
-        seed_everything,
-        select_device,
-    )
-    from tune_app.training import (
-        build_scheduler,
-        make_grad_scaler,
-        optimizer_steps,
-        train_one_epoch,
-    )
+    from tune_app.trainable import build_training_run, select_device
 
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        seed, t = cfg.seed, cfg.train
-        device = select_device(t.device)
-        encoder = load_encoder(cfg.model.name, revision=cfg.model.revision, seed=seed,
-                               gradient_checkpointing=cfg.model.gradient_checkpointing)
-        seed_everything(seed, deterministic=t.deterministic)
-        model = make_model(cfg, encoder, seed=seed).to(device)
-        posts = list(splits.train[:train_posts] if train_posts else splits.train)
-        train = build_split(posts, encoder.tokenizer, cfg, shuffle=True, seed=seed)
-        val = build_split(list(splits.validation), encoder.tokenizer, cfg, shuffle=False, seed=seed)
-        optimizer = make_optimizer(cfg, model)
-        epochs = cfg.trial_epochs
-        steps = optimizer_steps(len(train.loader), t.grad_accumulation_steps)
-        scheduler = build_scheduler(optimizer, name=t.scheduler, warmup_ratio=t.warmup_ratio,
-                                    total_steps=steps * epochs)
-        scaler = make_grad_scaler(device, t.precision)
-        loss_kwargs = loss_settings(cfg, class_weights(train, cfg, device))
-        history: list[dict[str, Any]] = []
-        for epoch in range(1, epochs + 1):
-            assert train.loader.generator is not None
-            train.loader.generator.manual_seed(seed * 100_003 + epoch)  # as the trainable does
-            train_loss = train_one_epoch(
-                model, train.loader, optimizer, scheduler, loss_kwargs=loss_kwargs, device=device,
-                grad_accumulation_steps=t.grad_accumulation_steps, fgm_epsilon=t.fgm_epsilon,
-                precision=t.precision, max_grad_norm=t.max_grad_norm, scaler=scaler)
-            history.append({"epoch": epoch, "train_loss": train_loss,
-                            **evaluate(model, val, cfg, device, loss_kwargs=loss_kwargs)})
-        return history
+        m = cfg.model
+        encoder = load_encoder(m.name, revision=m.revision, seed=cfg.seed,
+                               gradient_checkpointing=m.gradient_checkpointing)
+        run = build_training_run(cfg, encoder, list(splits.train[:train_posts] if train_posts else splits.train),
+                                 list(splits.validation), seed=cfg.seed, device=select_device(cfg.train.device))
+        return [run.run_epoch(epoch) for epoch in range(1, run.epochs + 1)]
     finally:
         torch.set_num_threads(before)
