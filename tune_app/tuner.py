@@ -186,6 +186,10 @@ def make_callbacks(cfg: AppConfig) -> list[Any]:
 def _ray_init(cfg: AppConfig) -> None:
     import ray
 
+    from tune_app.tracking.dashboard import log_to_ray_session, name_trial_tasks
+
+    # Trial tasks carry the trial, its epoch and score (the dashboard's task list).
+    name_trial_tasks(metric=cfg.tune.metric, mode=cfg.tune.mode, max_epochs=cfg.trial_epochs)
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
@@ -213,6 +217,9 @@ def _ray_init(cfg: AppConfig) -> None:
         # Ray's records go to ours: the study's JSON log, and the quiet console rule.
         logging.getLogger("ray").propagate = True
         quiet_library_console("ray")
+    session_dir = getattr(context, "address_info", {}).get("session_dir")
+    if session_dir:
+        log_to_ray_session(session_dir)  # the dashboard's Logs page lists it
     url = getattr(context, "dashboard_url", None)
     if cfg.tune.include_dashboard and url:
         print(dashboard_hint(str(url), os.environ.get("RAY_AUTH_MODE")), flush=True)

@@ -339,6 +339,7 @@ class ProgressCallback(Callback):
             params=short_params(getattr(trial, "config", None)), eta_s=progress.eta_s)
         self._live().clear()
         print(line, flush=True)
+        logger.info(line, extra={"console": False})  # the study log and the Ray session's driver log
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._ended(trials, trial, failed=False)
