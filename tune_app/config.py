@@ -182,6 +182,7 @@ class EvaluationConfig:
 
     on_finish: bool = True
     threshold_strategy: str = "per_criterion"  # per_criterion | global
+    max_span_tokens: int = 64  # longest evidence span decoded (validation and test alike)
 
 
 @dataclass
@@ -523,6 +524,7 @@ def validate(cfg: AppConfig) -> None:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     _choice("evaluation.threshold_strategy", cfg.evaluation.threshold_strategy, ("per_criterion", "global"))
+    _positive_int("evaluation.max_span_tokens", cfg.evaluation.max_span_tokens)
     _fraction("model.dropout", cfg.model.dropout, 0.0, 0.9)
     _positive_int("model.head_hidden", cfg.model.head_hidden)
     _choice("data.source", cfg.data.source, ("synthetic", "local", "hub"))

@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 from ray import tune
-from torch.utils.data import DataLoader
 
 from tune_app import config as config_mod
 from tune_app.config import AppConfig, ConfigError
+from tune_app.data.loader import SplitData, build_split
 from tune_app.early_stopping import training_slot
 from tune_app.outcome import stopped_final_result
 from tune_app.study import (
@@ -45,6 +45,7 @@ from tune_app.study import (
     write_json_atomic,
     write_text_atomic,
 )
+from tune_app.training.loop import select_device
 
 logger = logging.getLogger("tune_app.trainable")
 
@@ -69,12 +70,6 @@ def apply_params(cfg: AppConfig, params: dict[str, Any]) -> AppConfig:
         setattr(target, name, value)
     config_mod.validate(out)
     return out
-
-
-def select_device(requested: str) -> torch.device:
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def use_trial_cpus(ctx: Any) -> int:
@@ -157,12 +152,6 @@ def trial_seed(cfg: AppConfig, params: dict[str, Any]) -> int:
     return derive_seed(cfg.seed, cfg.train.seed_policy, params)
 
 
-def _worker_init(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-
-
 # --- data -----------------------------------------------------------------------------
 def _train_val_posts(cfg: AppConfig, split_ids: dict[str, list[str]]) -> tuple[list[Any], list[Any], tuple[Any, ...]]:
     """The train and validation posts (cached per worker) and a key naming their content."""
@@ -178,46 +167,6 @@ def _train_val_posts(cfg: AppConfig, split_ids: dict[str, list[str]]) -> tuple[l
     val_posts = [posts[i] for i in sorted(split_ids["validation"])]
     data_key = (loaded.dataset_id, loaded.revision, digest(split_ids["train"]), digest(split_ids["validation"]))
     return train_posts, val_posts, data_key
-
-
-@dataclass
-class SplitData:
-    encoded: list[Any]
-    num_posts: int
-    loader: DataLoader[Any]
-
-
-def build_split(posts: list[Any], tokenizer: Any, cfg: AppConfig, *, shuffle: bool, seed: int,
-                cache_key: tuple[Any, ...] | None = None, pin_memory: bool = False) -> SplitData:
-    """Encode ``posts`` (or take the encodings cached under ``cache_key``) and wrap a loader.
-
-    ``cache_key`` must name the posts' content and the tokenizer (e.g. the encoder's
-    signature); the encoding settings are added to it here. ``pin_memory``: page-locked batches for non-blocking GPU copies.
-    """
-    from tune_app.data.encode import collate, encode_posts
-    from tune_app.worker_cache import cached
-
-    d = cfg.data
-    settings = (d.input_format, d.max_length, d.long_text, d.stride, d.include_no_symptoms)
-
-    def encode() -> list[Any]:
-        return encode_posts(
-            posts, tokenizer, input_format=d.input_format,  # type: ignore[arg-type]
-            max_length=d.max_length, long_text=d.long_text,  # type: ignore[arg-type]
-            stride=d.stride, include_no_symptoms=d.include_no_symptoms,
-        )
-
-    encoded = encode() if cache_key is None else cached(
-        "split", (*cache_key, settings), encode)
-    pad_id = int(tokenizer.pad_token_id or 0)
-    loader: DataLoader[Any] = DataLoader(
-        encoded,  # type: ignore[arg-type]  # a list is a map-style dataset
-        batch_size=cfg.train.batch_size, shuffle=shuffle,
-        collate_fn=lambda batch: collate(batch, pad_id),
-        num_workers=cfg.train.num_workers, worker_init_fn=_worker_init,
-        generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory,
-    )
-    return SplitData(encoded=encoded, num_posts=len(posts), loader=loader)
 
 
 def num_labels(cfg: AppConfig) -> int:
@@ -256,10 +205,6 @@ def make_optimizer(cfg: AppConfig, model: Any) -> torch.optim.Optimizer:
 
 
 # --- one epoch ------------------------------------------------------------------------
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
 def class_weights(split: SplitData, cfg: AppConfig, device: torch.device) -> torch.Tensor | None:
     """``pos_weight`` from the training labels when the loss asks for it (``weighted_bce``)."""
     from tune_app.models.losses import pos_weight_from_labels
@@ -277,44 +222,19 @@ def loss_settings(cfg: AppConfig, pos_weight: torch.Tensor | None) -> dict[str, 
             "label_smoothing": t.label_smoothing, "focal_gamma": t.focal_gamma, "hybrid_alpha": t.hybrid_alpha}
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, split: SplitData, cfg: AppConfig, device: torch.device,
              loss_kwargs: dict[str, Any], prefix: str = "val_") -> dict[str, float]:
-    """Loss and metrics of ``split``; window/pair predictions are aggregated per post."""
-    from tune_app.evaluation.metrics import SplitOutputs, best_spans, split_metrics
-    from tune_app.models.losses import joint_loss
+    """Loss and metrics of ``split`` (the shared pass, ``evaluation.forward.run_split``)."""
+    from tune_app.evaluation.forward import run_split
+    from tune_app.evaluation.metrics import SplitOutputs, split_metrics
 
-    model.eval()
-    width = num_labels(cfg)
-    probs = np.zeros((split.num_posts, width), dtype=np.float64)
-    labels = np.zeros((split.num_posts, width), dtype=np.float64)
-    starts, ends, gold_s, gold_e = [], [], [], []
-    total, batches = 0.0, 0
-    for batch in split.loader:
-        batch = _to_device(batch, device)
-        out = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        loss, _ = joint_loss(out, batch, **loss_kwargs)
-        total += float(loss)
-        batches += 1
-        p = torch.sigmoid(out.criteria_logits.float()).cpu().numpy()
-        y = batch["criteria_labels"].cpu().numpy()
-        posts = batch["post_index"].cpu().numpy()
-        cols = batch["criterion_ids"].cpu().numpy()
-        for row in range(p.shape[0]):
-            for slot in range(p.shape[1]):
-                i, j = posts[row], cols[row, slot]
-                probs[i, j] = max(probs[i, j], p[row, slot])
-                labels[i, j] = max(labels[i, j], y[row, slot])
-        s, e = best_spans(out.start_logits.float(), out.end_logits.float())
-        starts.append(s.cpu().numpy().reshape(-1))
-        ends.append(e.cpu().numpy().reshape(-1))
-        gold_s.append(batch["evidence_start"].cpu().numpy().reshape(-1))
-        gold_e.append(batch["evidence_end"].cpu().numpy().reshape(-1))
-    outputs = SplitOutputs(probs=probs, labels=labels, pred_start=np.concatenate(starts),
-                           pred_end=np.concatenate(ends), gold_start=np.concatenate(gold_s),
-                           gold_end=np.concatenate(gold_e))
+    gathered = run_split(model, split, width=num_labels(cfg), device=device,
+                         max_span_tokens=cfg.evaluation.max_span_tokens, loss_kwargs=loss_kwargs)
+    start, end = gathered.decided_spans()
+    outputs = SplitOutputs(probs=gathered.probs, labels=gathered.labels, pred_start=start, pred_end=end,
+                           gold_start=gathered.gold_start, gold_end=gathered.gold_end)
     metrics = split_metrics(outputs, threshold=cfg.train.threshold, prefix=prefix)
-    metrics[f"{prefix}loss"] = total / max(batches, 1)
+    metrics[f"{prefix}loss"] = float(gathered.loss or 0.0)
     return metrics
 
 

@@ -30,12 +30,6 @@ def criteria_names(cfg: AppConfig) -> list[str]:
     return list(SYMPTOMS) + ([NO_SYMPTOMS] if cfg.data.include_no_symptoms else [])
 
 
-def select_device(requested: str) -> torch.device:
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
@@ -100,58 +94,28 @@ class Predictions:
                 for off, s, e in zip(self.slot_offsets, start, end, strict=True)]
 
 
-@torch.no_grad()
 def predict(model: torch.nn.Module, tokenizer: Any, posts: Sequence[Post], cfg: AppConfig,
-            device: torch.device, *, max_span_tokens: int = 64) -> Predictions:
-    """Run ``model`` over ``posts`` (in the given order), encoded as the trial encoded them.
-
-    Criteria probabilities of windows/pairs are aggregated per post by max, like the
-    trainable's validation.
-    """
-    from tune_app.data.encode import collate, encode_posts
-    from tune_app.data.redsm5 import label_vector
-    from tune_app.evaluation.metrics import span_scores
+            device: torch.device) -> Predictions:
+    """Run ``model`` over ``posts`` (in the given order), encoded and batched as the trial's
+    validation was, through the same pass (``evaluation.forward.run_split``)."""
+    from tune_app.data.loader import build_split
+    from tune_app.evaluation.forward import run_split
 
     names = criteria_names(cfg)
-    encoded = encode_posts(
-        posts, tokenizer, input_format=cfg.data.input_format,  # type: ignore[arg-type]
-        max_length=cfg.data.max_length, long_text=cfg.data.long_text,  # type: ignore[arg-type]
-        stride=cfg.data.stride, include_no_symptoms=cfg.data.include_no_symptoms,
-    )
-    n, width = len(posts), len(names)
-    probs = np.zeros((n, width), dtype=np.float64)
-    labels = np.array([label_vector(p, include_no_symptoms=cfg.data.include_no_symptoms) for p in posts],
-                      dtype=np.float64).reshape(n, width)
-    pad_id = int(tokenizer.pad_token_id or 0)
-    starts, ends, margins, gold_s, gold_e = [], [], [], [], []
+    split = build_split(list(posts), tokenizer, cfg, shuffle=False, seed=cfg.seed)
+    gathered = run_split(model, split, width=len(names), device=device,
+                         max_span_tokens=cfg.evaluation.max_span_tokens)
     slot_offsets: list[Sequence[tuple[int, int]]] = []
     gold_chars: list[list[tuple[int, int]]] = []
-    bs = max(1, int(cfg.train.batch_size))
-    for lo in range(0, len(encoded), bs):
-        chunk = encoded[lo:lo + bs]
-        batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
-        out = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        p = torch.sigmoid(out.criteria_logits.float()).cpu().numpy()
-        for row, enc in enumerate(chunk):
-            for slot, j in enumerate(enc.criterion_ids):
-                probs[enc.post_index, j] = max(probs[enc.post_index, j], float(p[row, slot]))
-                slot_offsets.append(enc.offsets)
-                gold_chars.append(evidence_char_spans(posts[enc.post_index], names[j]))
-            gold_s.extend(enc.evidence_start)
-            gold_e.extend(enc.evidence_end)
-        s, e, m, _ = span_scores(out.start_logits.float(), out.end_logits.float(), max_span_tokens)
-        starts.append(s.cpu().numpy().reshape(-1))
-        ends.append(e.cpu().numpy().reshape(-1))
-        margins.append(m.double().cpu().numpy().reshape(-1))
-
-    def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
-
+    for enc in split.encoded:
+        for j in enc.criterion_ids:
+            slot_offsets.append(enc.offsets)
+            gold_chars.append(evidence_char_spans(posts[enc.post_index], names[j]))
     return Predictions(
-        post_ids=[p.post_id for p in posts], criteria=names, probs=probs, labels=labels,
-        span_start=cat(starts, np.int64), span_end=cat(ends, np.int64),
-        span_margin=cat(margins, np.float64), gold_start=np.asarray(gold_s, dtype=np.int64),
-        gold_end=np.asarray(gold_e, dtype=np.int64), slot_offsets=slot_offsets, gold_chars=gold_chars,
+        post_ids=[p.post_id for p in posts], criteria=names, probs=gathered.probs, labels=gathered.labels,
+        span_start=gathered.span_start, span_end=gathered.span_end, span_margin=gathered.span_margin,
+        gold_start=gathered.gold_start, gold_end=gathered.gold_end, slot_offsets=slot_offsets,
+        gold_chars=gold_chars,
     )
 
 

@@ -364,9 +364,9 @@ def evaluate_study(study_dir: Path, *, split: str = "test", trial_id: str | None
         load_model,
         load_split_posts,
         predict,
-        select_device,
     )
     from tune_app.evaluation.thresholds import calibrate_criteria, calibrate_null_threshold
+    from tune_app.training.loop import select_device
 
     study_dir = Path(study_dir).resolve()
     study_cfg = read_study_config(study_dir)
@@ -435,7 +435,8 @@ def evaluate_study(study_dir: Path, *, split: str = "test", trial_id: str | None
                  "split_sizes": {"validation": len(val_posts), split: len(eval_posts)}},
         "decision_thresholds": {
             "strategy": strategy, "criteria": {n: float(t) for n, t in zip(names, thresholds, strict=True)},
-            "evidence_null_threshold": float(null_threshold), "max_span_tokens": 64,
+            "evidence_null_threshold": float(null_threshold),
+            "max_span_tokens": cfg.evaluation.max_span_tokens,
             "calibrated_on": {"split": "validation", "trial_id": sel.trial.trial_id,
                               "checkpoints": [c.name for c in used]},
             "validation_before": {"criteria_threshold": float(cfg.train.threshold), **headline(before)},

@@ -1,7 +1,7 @@
 """Training step pieces wired into the trainable: optimizer/scheduler, FGM, the epoch loop."""
 
 from tune_app.training.adversarial import FGM
-from tune_app.training.loop import autocast_dtype, make_grad_scaler, train_one_epoch
+from tune_app.training.loop import autocast_dtype, make_grad_scaler, select_device, train_one_epoch
 from tune_app.training.optim import (
     build_optimizer,
     build_scheduler,
@@ -17,5 +17,6 @@ __all__ = [
     "make_grad_scaler",
     "optimizer_steps",
     "param_groups",
+    "select_device",
     "train_one_epoch",
 ]

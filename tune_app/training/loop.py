@@ -1,6 +1,7 @@
 """One training epoch: gradient accumulation, clipping, FGM, mixed precision.
 
-Evaluation stays in :mod:`tune_app.trainable`; this module only runs the train step.
+The evaluation pass is :mod:`tune_app.evaluation.forward`; this module runs the train step
+(and picks the device).
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ from torch import Tensor, nn
 from tune_app.config import PRECISIONS
 from tune_app.models.losses import joint_loss
 from tune_app.training.adversarial import FGM
+
+
+def select_device(requested: str) -> torch.device:
+    """``train.device``: ``cuda``, ``cpu``, or ``auto`` (CUDA when this process sees a GPU)."""
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def autocast_dtype(device: torch.device | str, precision: str = "auto") -> torch.dtype | None:
