@@ -242,7 +242,7 @@ class StoragePressureCallback(Callback):
         if self._monitor is None:
             return self.retention.pressure_step
         status = self._monitor.check_now()
-        if self._monitor.critical and self.retention.pressure_step < 3:
+        if self._monitor.needs_pruning and self.retention.pressure_step < 3:
             # Send MLflow operations buffered on disk before freeing space, so the
             # buffer does not grow while the disk is short.
             from tune_app.tracking.buffer import flush_all
@@ -256,7 +256,7 @@ class StoragePressureCallback(Callback):
             self._tag(trial, step)
         elif self.retention.pressure_step and trial is not None and trial.trial_id not in self._tagged:
             self._tag(trial, self.retention.pressure_step)  # a later trial running under pressure
-        if not self._monitor.critical:
+        if not self._monitor.needs_pruning:
             return self.retention.pressure_step
         if self.retention.pressure_step == 1 and trial is not None:
             self._prune_trial_unprotected(trial)

@@ -21,7 +21,6 @@ The data set itself is materialised once under ``<tune.storage_path>/datasets/``
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -228,6 +227,3 @@ def _adopt_location(cfg: AppConfig, meta: dict[str, Any], home: Path | None) -> 
     write_json_atomic(study / STUDY_META, {**meta, "study_dir": str(study),
                                            "study_uid": meta.get("study_uid") or uuid.uuid4().hex})
 
-
-def trial_config_dict(cfg: AppConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)

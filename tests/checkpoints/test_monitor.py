@@ -47,7 +47,7 @@ def _monitor(disk: FakeDisk, clock: FakeClock, **kw: Any) -> StorageMonitor:
 def test_levels_flag_and_logs(caplog: pytest.LogCaptureFixture) -> None:
     disk, clock = FakeDisk(0.5), FakeClock()
     mon = _monitor(disk, clock)
-    assert mon.level == "ok" and not mon.critical and mon.status is None
+    assert mon.level == "ok" and not mon.needs_pruning and mon.status is None
     caplog.set_level(logging.INFO, logger="tune_app.checkpoints.monitor")
 
     st = mon.check_now()
@@ -57,18 +57,18 @@ def test_levels_flag_and_logs(caplog: pytest.LogCaptureFixture) -> None:
 
     disk.free = 80  # 8% free
     assert mon.check_now().level == "warning"
-    assert mon.critical and mon.level == "warning"
+    assert mon.needs_pruning and mon.level == "warning"
     assert caplog.records[-1].levelno == logging.WARNING
     assert "8.0% free" in caplog.records[-1].getMessage()
 
     disk.free = 30  # 3% free
     assert mon.check_now().level == "critical"
-    assert mon.critical
+    assert mon.needs_pruning
     assert caplog.records[-1].levelno == logging.ERROR
 
     disk.free = 100  # exactly 10%: not below the threshold
     assert mon.check_now().level == "ok"
-    assert not mon.critical
+    assert not mon.needs_pruning
     assert caplog.records[-1].levelno == logging.INFO
 
 
@@ -99,7 +99,7 @@ def test_thread_samples_and_stops_promptly() -> None:
         assert mon.running
         disk.free = 20
         deadline = time.monotonic() + 5
-        while not mon.critical and time.monotonic() < deadline:
+        while not mon.needs_pruning and time.monotonic() < deadline:
             time.sleep(0.01)
         assert mon.level == "critical"
     assert not mon.running

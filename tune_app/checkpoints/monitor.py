@@ -1,6 +1,6 @@
 """Free-space watcher: a daemon thread that samples disk usage and raises a flag.
 
-It only observes; a Tune callback reads :attr:`StorageMonitor.critical` /
+It only observes; a Tune callback reads :attr:`StorageMonitor.needs_pruning` /
 :attr:`StorageMonitor.level` and escalates retention.
 """
 
@@ -109,8 +109,9 @@ class StorageMonitor:
             return self._status.level if self._status else "ok"
 
     @property
-    def critical(self) -> bool:
-        """True when free space is below ``warn_free_fraction`` (act now: prune)."""
+    def needs_pruning(self) -> bool:
+        """True from the ``"warning"`` level down (free space below ``warn_free_fraction``):
+        retention should act now."""
         return self.level != "ok"
 
     # ------------------------------------------------------------------ checks

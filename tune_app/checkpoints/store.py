@@ -895,47 +895,25 @@ def _describe_diff(key: str, saved: Any, current: Any) -> list[str]:
     return [f"  - {key}: saved {saved!r}, current {current!r}"]
 
 
-def check_compat(
-    saved: Mapping[str, Any],
-    current: Mapping[str, Any],
-    *,
-    migrations: Mapping[str, Callable[[dict[str, Any]], dict[str, Any] | None]] | None = None,
-) -> dict[str, Any]:
+def check_compat(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
     """Accept or reject resuming a checkpoint saved with compat ``saved``.
 
     ``package_version`` / ``git_commit`` mismatches only log a WARNING;
-    ``architecture`` (signature dict) and ``heads`` must match. For a differing
-    hard key, a migration registered under that key is called with the saved
-    compat and may return an upgraded compat (or None to decline); it is then
-    compared again. Returns the accepted (possibly migrated) compat.
+    ``architecture`` (signature dict) and ``heads`` must match. Returns ``saved``.
 
     Raises:
         IncompatibleCheckpointError: listing each differing key, saved vs current,
             and how to proceed.
     """
     accepted = dict(saved)
-    migrations = migrations or {}
-    applied: set[str] = set()
     diffs = _compat_diffs(accepted, current, _HARD_COMPAT_KEYS)
-    while diffs:
-        key = next((k for k in diffs if k in migrations and k not in applied), None)
-        if key is None:
-            break
-        applied.add(key)
-        upgraded = migrations[key](dict(accepted))
-        if upgraded is not None:
-            _LOG.info("checkpoint compat migrated for %r", key)
-            accepted = dict(upgraded)
-        diffs = _compat_diffs(accepted, current, _HARD_COMPAT_KEYS)
     if diffs:
         lines = ["checkpoint is incompatible with the current run:"]
         for key, (a, b) in diffs.items():
             lines.extend(_describe_diff(key, a, b))
-        keys = ", ".join(repr(k) for k in diffs)
         lines.append(
             "How to proceed: start a new study with tune.name=<new name>, or resume with the "
-            "same model/head config as the saved study, or register a migration in "
-            f"checkpoints.migrations for {keys}."
+            "same model and head config as the saved study (its study_config.yaml)."
         )
         raise IncompatibleCheckpointError("\n".join(lines), diffs)
     for key, (a, b) in _compat_diffs(accepted, current, _SOFT_COMPAT_KEYS).items():

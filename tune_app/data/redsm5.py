@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping, Sequence
@@ -418,11 +417,9 @@ def save_splits(split_ids: Mapping[str, Sequence[str]], path: Path, *, dataset_i
     payload["meta"] = {"dataset_id": dataset_id, "revision": revision, "seed": seed,
                        "ratios": list(ratios),
                        "counts": {name: len(split_ids[name]) for name in SPLIT_NAMES}}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from tune_app.study import write_text_atomic
+
+    write_text_atomic(Path(path), json.dumps(payload, indent=1) + "\n")
 
 
 def load_splits(path: Path) -> dict[str, list[str]]:

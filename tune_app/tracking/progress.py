@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -165,16 +163,6 @@ def study_progress(trials: Sequence[Trial], total: int, metric: str, mode: str,
                          stopped=n_stopped)
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    from tune_app.tracking.sanitize import sanitize_value
-
-    with os.fdopen(fd, "w") as fh:
-        json.dump(sanitize_value(data), fh)
-    os.replace(tmp, path)
-
-
 def short_params(config: Mapping[str, Any] | None) -> str:
     """``lr=0.004838 batch_size=8 criteria_head=mlp``: a trial's sampled values, last key part only."""
     return " ".join(f"{str(k).rsplit('.', 1)[-1]}={fmt(v)}" for k, v in (config or {}).items()
@@ -293,8 +281,10 @@ class ProgressCallback(Callback):
         progress = study_progress(trials, self.num_samples, self.metric, self.mode, finished,
                                   stopped={t for t, s in stopped.items() if s}, durations=ends or None, best=best)
         logger.info(progress.line, extra={"progress": asdict(progress), "console": False})
+        from tune_app.study import write_json_atomic
+
         try:
-            _write_json_atomic(self.study_dir / PROGRESS_FILE, {**asdict(progress), "line": progress.line})
+            write_json_atomic(self.study_dir / PROGRESS_FILE, {**asdict(progress), "line": progress.line})
         except OSError as exc:
             logger.warning("could not write %s: %s", PROGRESS_FILE, exc)
         if self.mlflow_callback is not None:
