@@ -382,6 +382,7 @@ def compose(overrides: list[str], config_dir: Path = CONFIG_DIR) -> AppConfig:
     if cfg.tune.encoders:
         cfg.encoder_configs = resolve_encoder_configs(cfg.tune.encoders, overrides, config_dir)
         validate(cfg)
+        _check_hub_encoders_offline(cfg)
     return cfg
 
 
@@ -431,6 +432,28 @@ def resolve_encoder_configs(names: list[str], overrides: list[str],
         out[name] = {"model": conf["model"],
                      **{sec: {k: conf[sec][k] for k in sorted(ks)} for sec, ks in sorted(keys.items())}}
     return out
+
+
+def _check_hub_encoders_offline(cfg: AppConfig) -> None:
+    """With the Hub offline, every hub encoder in ``tune.encoders`` must be in the local cache:
+    else each trial that samples it would fail."""
+    from tune_app.hub import hub_offline
+    from tune_app.models.catalog import ENCODER_CATALOG
+
+    if not hub_offline():
+        return
+    from tune_app.validate_env import _hub_cached_file
+
+    for name in cfg.tune.encoders:
+        spec = ENCODER_CATALOG[name]
+        if spec.source != "hub":
+            continue
+        revision = cfg.encoder_configs[name]["model"].get("revision") or spec.default_revision
+        if _hub_cached_file(spec.hub_id or "", "config.json", revision) is None:
+            raise ConfigError(
+                f"tune.encoders: {name!r} ({spec.hub_id}@{revision}) is not in the Hugging Face cache and the Hub "
+                f"is offline (HF_HUB_OFFLINE): drop it (offline encoders: {', '.join(offline_encoders())}), or "
+                "download it once online or copy it into HF_HOME")
 
 
 def config_for_encoder(cfg: AppConfig, name: str) -> AppConfig:
