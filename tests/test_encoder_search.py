@@ -120,6 +120,28 @@ def test_space_samples_the_encoder_and_the_lr_range_follows_it(cfg) -> None:  # 
     assert "model" not in trial.params
 
 
+@pytest.mark.parametrize("space_name", ["full", "fixed"])
+def test_every_space_samples_the_encoder(cfg, space_name: str) -> None:  # type: ignore[no-untyped-def]
+    from searchspaces import full
+
+    space = load_space(space_name, **space_settings(cfg))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(8):
+        trial = study.ask()
+        space(trial)
+        params = dict(trial.params)
+        seen.add(params["model"])
+        if space_name == "fixed":
+            assert list(params) == ["model"]
+        else:
+            low, high = full.LR_RANGE["tiny" if params["model"] == "tiny" else "pretrained"]
+            assert low <= params["train.lr"] <= high
+        assert apply_params(cfg, params).model.name == params["model"]
+        study.tell(trial, 0.0)
+    assert seen == {"tiny", "minilm"}
+
+
 def test_checkpoint_of_one_encoder_is_incompatible_with_the_other(cfg) -> None:  # type: ignore[no-untyped-def]
     from tune_app.checkpoints.store import IncompatibleCheckpointError, check_compat
     from tune_app.models.encoders import load_encoder
