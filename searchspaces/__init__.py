@@ -24,10 +24,9 @@ import pkgutil
 from collections.abc import Callable
 from typing import Any
 
-SpaceFn = Callable[[Any], dict[str, Any] | None]
+from tune_app.config import ENCODER_PARAM
 
-#: The parameter that samples the encoder (a model config name from ``tune.encoders``).
-ENCODER_PARAM = "model"
+SpaceFn = Callable[[Any], dict[str, Any] | None]
 
 
 def available_spaces() -> list[str]:
