@@ -19,11 +19,13 @@ Also sampled: ``model.gradient_checkpointing``; ``train.epochs`` from half of th
 study's seed, ``per_trial``: a seed derived from it and the trial's params; either way a
 trial is reproducible from its params + the study config).
 
-Not sampled: the encoder (``model.name`` stays as configured), ``data.max_length``.
+Not sampled: ``data.max_length``; the encoder only with ``tune.encoders`` (``model``,
+sampled before everything here: ``searchspaces/__init__.py``).
 
-The learning-rate and head-multiplier ranges depend on ``settings["model"]``: the
-random-init ``tiny`` encoder trains from scratch (larger LRs), pretrained encoders are
-fine-tuned (small LRs). ``settings["augment"] = False`` drops the augmentation knobs.
+The learning-rate and head-multiplier ranges depend on ``settings["model"]`` (the sampled
+encoder with ``tune.encoders``): the random-init ``tiny`` encoder trains from scratch
+(larger LRs), pretrained encoders are fine-tuned (small LRs). ``settings["augment"] = False``
+drops the augmentation knobs.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ pretrained encoder is fine-tuned (LR 2e-5 to 2e-4, heads 5x to 30x faster). An L
 for one kind ruins the other: ``minilm`` at 5e-3 unlearns, ``tiny`` at 5e-5 barely moves.
 
 Conditional: ``model.head_hidden`` exists only when ``model.criteria_head`` is ``mlp``;
-``train.head_lr_multiplier`` only for pretrained encoders.
+``train.head_lr_multiplier`` only for pretrained encoders. With ``tune.encoders`` the encoder
+is sampled first (``model``) and the kind, hence the LR range, is that trial's encoder's.
 """
 
 from __future__ import annotations

