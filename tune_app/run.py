@@ -123,7 +123,7 @@ def _start(cfg: object) -> int:
     _study_logging(cfg)
     sizes = ", ".join(f"{k} {v}" for k, v in meta["split_sizes"].items())
     _say(f"Study {cfg.study_dir}: {cfg.tune.num_samples} trials of up to {cfg.tune.max_epochs} epochs | "
-         f"model {cfg.model.name} | data {cfg.data.name} ({sizes} posts; {meta['dataset_revision']}) | "
+         f"model {'|'.join(cfg.tune.encoders) + ' (sampled per trial)' if cfg.tune.encoders else cfg.model.name} | data {cfg.data.name} ({sizes} posts; {meta['dataset_revision']}) | "
          f"scheduler {cfg.tune.scheduler} | searchspace {cfg.searchspace} | seed {cfg.seed}")
     _say(f"Log: {cfg.study_dir / 'logs' / 'study.jsonl'} (add -v to print everything)")
     return _report(run_study(cfg, resume=False), cfg)

@@ -274,7 +274,7 @@ def build_tuner(cfg: AppConfig) -> Any:
     import optuna
     from ray import tune
 
-    from searchspaces import load_space
+    from searchspaces import load_space, space_settings
     from tune_app.search import EarlyStopAwareOptunaSearch
 
     _env_for_tune()
@@ -282,7 +282,7 @@ def build_tuner(cfg: AppConfig) -> Any:
 
     if not verbose():
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory..."
-    space = load_space(cfg.searchspace, max_epochs=cfg.tune.max_epochs, model=cfg.model.name)
+    space = load_space(cfg.searchspace, **space_settings(cfg))
     sampler = optuna.samplers.TPESampler(seed=cfg.tune.sampler_seed, n_startup_trials=cfg.tune.n_startup_trials)
     # study_name: also the name of the study's Optuna DB (<study>/optuna.db, tune_app.optuna_store).
     search = EarlyStopAwareOptunaSearch(space=space, metric=cfg.tune.metric, mode=cfg.tune.mode, sampler=sampler,
