@@ -33,15 +33,12 @@ METHODS = ("synonym", "insert", "swap", "char_perturb")
 
 def epoch_time(posts: list[Post], cfg: AppConfig, epochs: int = 2) -> list[float]:
     """Seconds per training epoch of the default tiny model on ``posts``."""
-    from tune_app.models.dual_head import build_model
     from tune_app.models.encoders import load_encoder
-    from tune_app.trainable import build_split, class_weights, loss_settings, num_outputs
+    from tune_app.trainable import build_split, class_weights, loss_settings, make_model
     from tune_app.training import build_optimizer, train_one_epoch
 
     encoder = load_encoder(cfg.model.name, seed=0)
-    model = build_model(encoder, num_outputs=num_outputs(cfg), criteria_head=cfg.model.criteria_head,
-                        evidence_head=cfg.model.evidence_head, pooling=cfg.model.pooling,
-                        head_hidden=cfg.model.head_hidden, dropout=cfg.model.dropout, seed=0)
+    model = make_model(cfg, encoder, seed=0)
     split = build_split(posts, encoder.tokenizer, cfg, shuffle=True, seed=0)
     t = cfg.train
     optimizer = build_optimizer(model, name=t.optimizer, lr=t.lr, weight_decay=t.weight_decay)

@@ -199,9 +199,8 @@ def _meta_model_bytes(encoder_config: Any, cfg: AppConfig, name: str) -> int:
     from transformers import AutoModel, BertTokenizerFast
 
     from tune_app.checkpoints.store import estimate_checkpoint_bytes
-    from tune_app.models.dual_head import build_model
     from tune_app.models.encoders import TINY_VOCAB_PATH, LoadedEncoder
-    from tune_app.trainable import num_outputs
+    from tune_app.trainable import make_model
 
     # The heads only read special-token ids from the tokenizer: the shipped one stands in.
     tokenizer = BertTokenizerFast(vocab_file=str(TINY_VOCAB_PATH), do_lower_case=True)
@@ -212,11 +211,7 @@ def _meta_model_bytes(encoder_config: Any, cfg: AppConfig, name: str) -> int:
             encoder = AutoModel.from_config(encoder_config)
         loaded = LoadedEncoder(model=encoder, tokenizer=tokenizer, hidden_size=int(encoder_config.hidden_size),
                                name=name, resolved_revision=None, signature="meta")
-        model = build_model(loaded, num_outputs=num_outputs(cfg), criteria_head=cfg.model.criteria_head,
-                            evidence_head=cfg.model.evidence_head, pooling=cfg.model.pooling,
-                            head_hidden=cfg.model.head_hidden, dropout=cfg.model.dropout,
-                            coupling=cfg.model.coupling, coupling_method=cfg.model.coupling_method,
-                            coupling_pooling=cfg.model.coupling_pooling)
+        model = make_model(cfg, loaded, seed=0)
     return estimate_checkpoint_bytes(model, torch.optim.AdamW(model.parameters()))
 
 

@@ -9,6 +9,7 @@ its margin over the null span, the gold span and the char offsets to decode it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,27 +41,25 @@ class LoadedModel:
 def load_model(checkpoint: Path, cfg: AppConfig, device: torch.device) -> LoadedModel:
     """Verify, rebuild and load the model saved in ``checkpoint`` (eval mode, on ``device``)."""
     from tune_app.checkpoints.store import CorruptCheckpointError, load_checkpoint
-    from tune_app.models.dual_head import architecture_signature, build_model
+    from tune_app.models.dual_head import architecture_signature
     from tune_app.models.encoders import load_encoder
+    from tune_app.trainable import make_model
 
     try:
         loaded = load_checkpoint(checkpoint, map_location="cpu")
     except CorruptCheckpointError as exc:
         raise EvaluationError(str(exc)) from exc
     arch: dict[str, Any] = dict(loaded.compat.get("architecture") or {})
-    encoder = load_encoder(str(arch.get("encoder_name") or cfg.model.name), revision=cfg.model.revision,
-                           seed=cfg.seed)
-    model = build_model(
-        encoder, num_outputs=int(arch.get("num_outputs", 1 if cfg.data.input_format == "binary_pairs"
-                                          else len(criteria_names(cfg)))),
-        criteria_head=str(arch.get("criteria_head", cfg.model.criteria_head)),
-        evidence_head=str(arch.get("evidence_head", cfg.model.evidence_head)),
-        pooling=str(arch.get("pooling", cfg.model.pooling)),
-        head_hidden=int(arch.get("head_hidden", cfg.model.head_hidden)), dropout=cfg.model.dropout,
-        coupling=str(arch.get("coupling") or cfg.model.coupling),
-        coupling_method=str(arch.get("coupling_method") or cfg.model.coupling_method),
-        coupling_pooling=str(arch.get("coupling_pooling") or cfg.model.coupling_pooling),
-    )
+    # The model the checkpoint was trained as: its saved architecture over the trial's config.
+    m = cfg.model
+    saved_model = dataclasses.replace(
+        m, name=str(arch.get("encoder_name") or m.name), criteria_head=str(arch.get("criteria_head", m.criteria_head)),
+        evidence_head=str(arch.get("evidence_head", m.evidence_head)), pooling=str(arch.get("pooling", m.pooling)),
+        head_hidden=int(arch.get("head_hidden", m.head_hidden)), coupling=str(arch.get("coupling") or m.coupling),
+        coupling_method=str(arch.get("coupling_method") or m.coupling_method),
+        coupling_pooling=str(arch.get("coupling_pooling") or m.coupling_pooling))
+    encoder = load_encoder(saved_model.name, revision=m.revision, seed=cfg.seed)
+    model = make_model(dataclasses.replace(cfg, model=saved_model), encoder, seed=cfg.seed)
     saved_hash = arch.get("state_dict_hash")
     if saved_hash is not None and architecture_signature(model)["state_dict_hash"] != saved_hash:
         raise EvaluationError(f"{checkpoint}: the rebuilt model does not match the saved architecture "
