@@ -78,21 +78,25 @@ def name_trial_tasks(*, metric: str, mode: str, max_epochs: int | None) -> None:
     schedule_trial_task = TuneController._schedule_trial_task
     schedule_actor_task = RayActorManager._schedule_tracked_actor_task
 
+    # A name is cosmetic: whatever fails here (e.g. a Ray upgrade renamed a private field)
+    # schedules the task unnamed, and tests/integration/test_dashboard.py fails.
     def named_trial_task(self: Any, trial: Any, method_name: str, *args: Any, **kwargs: Any) -> Any:
-        tracked = self._trial_to_actor.get(trial)
-        if tracked is not None:
-            try:
-                names = tracked.__dict__.setdefault(_NAMES_ATTR, {})
-                names[method_name] = trial_task_name(trial, method_name, **_settings)
-            except Exception:  # a name is cosmetic: never let it stop a trial
-                logging.getLogger(__name__).debug("no task name for %s", trial, exc_info=True)
+        try:
+            tracked = self._trial_to_actor[trial]
+            tracked.__dict__.setdefault(_NAMES_ATTR, {})[method_name] = trial_task_name(trial, method_name,
+                                                                                       **_settings)
+        except Exception:
+            logging.getLogger(__name__).debug("no task name for %s", trial, exc_info=True)
         return schedule_trial_task(self, trial, method_name, *args, **kwargs)
 
     def named_actor_task(self: Any, tracked_actor_task: Any, method_name: str, **kwargs: Any) -> Any:
-        tracked = tracked_actor_task._tracked_actor
-        name = getattr(tracked, "__dict__", {}).get(_NAMES_ATTR, {}).get(method_name)
-        live = self._live_actors_to_ray_actors_resources
-        entry = live.get(tracked) if name else None
+        try:
+            tracked = tracked_actor_task._tracked_actor
+            name = tracked.__dict__.get(_NAMES_ATTR, {}).get(method_name)
+            live = self._live_actors_to_ray_actors_resources
+            entry = live.get(tracked) if name else None
+        except Exception:
+            entry = None
         if entry is None:
             return schedule_actor_task(self, tracked_actor_task, method_name, **kwargs)
         # The original looks the handle up here and only calls getattr(handle, method).remote.
