@@ -282,7 +282,7 @@ def test_progress_counts_stopped_trials_and_their_shorter_durations_feed_the_eta
 def test_retention_and_cleanup_treat_a_stopped_trial_as_ended(tmp_path: Path) -> None:
     import torch
 
-    from tune_app.checkpoints.cleanup_scan import scan_study, trial_finished
+    from tune_app.checkpoints.cleanup_scan import scan_study
     from tune_app.checkpoints.retention import RetentionPolicy
     from tune_app.checkpoints.store import save_checkpoint
 
@@ -302,6 +302,6 @@ def test_retention_and_cleanup_treat_a_stopped_trial_as_ended(tmp_path: Path) ->
     running = scan_study(study, metric=METRIC, policy=policy)
     assert s1 in running.protected, "a running trial keeps its newest checkpoint (its resume point)"
     outcome.record_stopped(stopped, {"scheduler": "asha", "epoch": 2})
-    assert trial_finished(stopped)
+    assert outcome.trial_ended(stopped)
     ended = scan_study(study, metric=METRIC, policy=policy)
     assert {c.path for c in ended.candidates} == {s0, s1} and ended.protected == [keep]

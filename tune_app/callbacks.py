@@ -1,8 +1,8 @@
-"""Tune callbacks that own checkpoint bytes on disk: retention and storage pressure.
+"""Tune callbacks that decide when checkpoint bytes go: retention and storage pressure.
 
-``RetentionCallback`` is the one place that deletes checkpoints. On every reported
-checkpoint and at every trial end it asks the pure ``plan_retention`` what to keep
-and prunes the rest. Pruning leaves a tiny tombstone folder (``PRUNED`` marker), so
+Both call the study's ``checkpoints.keeper.CheckpointKeeper``, the one deleter.
+``RetentionCallback``: on every reported checkpoint and at every trial end the keeper
+prunes what the pure ``plan_retention`` does not keep. Pruning leaves a tiny tombstone folder (``PRUNED`` marker), so
 a checkpoint that Tune's saved experiment state still references always resolves
 and restore after a SIGKILL never fails on a missing folder; the trainable skips
 tombstones and falls back to the newest valid checkpoint.
@@ -16,6 +16,7 @@ space is critical, escalates the retention policy one step at a time:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,26 +24,13 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ray.tune import Callback
 
-from tune_app.checkpoints.cleanup_scan import checkpoint_score, trial_finished
-from tune_app.checkpoints.retention import (
-    CheckpointRecord,
-    RetentionPolicy,
-    escalate,
-    plan_retention,
-    plan_single_best,
-    protected_paths,
-)
-from tune_app.checkpoints.store import (
-    PRUNED_FILE,
-    STATE_FILE,
-    dir_nbytes,
-    is_tombstone,
-    prune_checkpoint,
-)
+from tune_app.checkpoints.keeper import CheckpointKeeper
+from tune_app.checkpoints.retention import CheckpointRecord, Mode, RetentionPolicy, escalate
+from tune_app.checkpoints.store import checkpoint_index, dir_nbytes
 from tune_app.config import AppConfig
 
 logger = logging.getLogger(__name__)
@@ -59,39 +47,6 @@ STEP_ACTIONS = {1: "prune the running trial's unprotected checkpoints",
                 3: "keep only the single best checkpoint of the study"}
 
 
-def _checkpoint_index(path: Path) -> int:
-    try:
-        return int(path.name.rsplit("_", 1)[1])
-    except (IndexError, ValueError):
-        return -1
-
-
-def scan_records(study_dir: Path, metric: str) -> dict[str, CheckpointRecord]:
-    """Checkpoint records of a study rebuilt from disk (used after a restore).
-
-    A prune that a crash interrupted (``PRUNED`` marker written, files left) is
-    finished here: its deletion was already decided and recorded.
-    """
-    records: dict[str, CheckpointRecord] = {}
-    for trial_dir in sorted(p for p in study_dir.iterdir() if p.is_dir()):
-        finished = trial_finished(trial_dir)
-        for ckpt in sorted(trial_dir.glob("checkpoint_*")):
-            if not ckpt.is_dir():
-                continue
-            if is_tombstone(ckpt):
-                if any(entry.name != PRUNED_FILE for entry in ckpt.iterdir()):
-                    freed = prune_checkpoint(ckpt, reason="finishing an interrupted prune")
-                    logger.info("retention: finished the interrupted prune of %s (%.1f MB)", ckpt, freed / 1e6)
-                continue
-            if not (ckpt / STATE_FILE).is_file():
-                continue
-            records[str(ckpt)] = CheckpointRecord(
-                trial_id=trial_dir.name, path=str(ckpt), index=_checkpoint_index(ckpt),
-                score=checkpoint_score(ckpt, metric), size_bytes=dir_nbytes(ckpt), trial_finished=finished,
-            )
-    return records
-
-
 class RetentionCallback(Callback):
     """Decides, after every checkpoint and trial end, which checkpoint bytes stay."""
 
@@ -101,7 +56,7 @@ class RetentionCallback(Callback):
         self.mode = mode
         self.base_policy = policy
         self.pressure_step = 0
-        self._records: dict[str, CheckpointRecord] | None = None
+        self._keeper: CheckpointKeeper | None = None
 
     @classmethod
     def from_config(cls, cfg: AppConfig) -> RetentionCallback:
@@ -112,8 +67,18 @@ class RetentionCallback(Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_records"] = None  # rebuilt from disk after a restore
+        state.pop("_records", None)  # pickled by an older version
+        state["_keeper"] = None  # its records are read from disk again after a restore
         return state
+
+    @property
+    def keeper(self) -> CheckpointKeeper:
+        """The study's checkpoint owner (the only deleter); made on first use, also after a
+        restore (a callback pickled by an older version has none)."""
+        if self.__dict__.get("_keeper") is None:
+            self._keeper = CheckpointKeeper(self.study_dir, metric=self.metric, mode=cast(Mode, self.mode))
+        assert self._keeper is not None
+        return self._keeper
 
     @property
     def policy(self) -> RetentionPolicy:
@@ -121,9 +86,7 @@ class RetentionCallback(Callback):
 
     @property
     def records(self) -> dict[str, CheckpointRecord]:
-        if self._records is None:
-            self._records = scan_records(self.study_dir, self.metric) if self.study_dir.is_dir() else {}
-        return self._records
+        return self.keeper.records
 
     def _trial_key(self, trial: Any) -> str:
         return Path(trial.storage.trial_fs_path).name
@@ -131,35 +94,27 @@ class RetentionCallback(Callback):
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         path = Path(checkpoint.path)
         score = (trial.last_result or {}).get(self.metric)
-        self.records[str(path)] = CheckpointRecord(
-            trial_id=self._trial_key(trial), path=str(path), index=_checkpoint_index(path),
+        index = checkpoint_index(path)
+        self.keeper.add(CheckpointRecord(
+            trial_id=self._trial_key(trial), path=str(path), index=-1 if index is None else index,
             score=float(score) if isinstance(score, int | float) else None,
             size_bytes=dir_nbytes(path), trial_finished=False,
-        )
+        ))
         self.apply()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         key = self._trial_key(trial)
-        for path, rec in list(self.records.items()):
+        for rec in list(self.records.values()):
             if rec.trial_id == key and not rec.trial_finished:
-                self.records[path] = CheckpointRecord(rec.trial_id, rec.path, rec.index, rec.score,
-                                                      rec.size_bytes, True)
+                self.keeper.add(dataclasses.replace(rec, trial_finished=True))
         self.apply()
 
     def apply(self) -> int:
-        """Prune what the current policy does not keep; returns bytes freed."""
-        records = list(self.records.values())
-        if self.pressure_step >= 3:
-            plan = plan_single_best(records, self.mode)  # type: ignore[arg-type]
-        else:
-            plan = plan_retention(records, self.policy, mode=self.mode)  # type: ignore[arg-type]
-        freed = 0
-        for path in sorted(plan.delete):
-            freed += prune_checkpoint(Path(path), reason=plan.reasons.get(path, "retention"))
-            self.records.pop(path, None)
+        """Have the keeper prune what the current policy does not keep; returns bytes freed."""
+        pruned, freed, over_budget = self.keeper.enforce(None if self.pressure_step >= 3 else self.policy)
         if freed:
-            logger.info("retention: pruned %d checkpoint(s), %.1f MB freed", len(plan.delete), freed / 1e6)
-        if plan.over_budget:
+            logger.info("retention: pruned %d checkpoint(s), %.1f MB freed", pruned, freed / 1e6)
+        if over_budget:
             logger.warning("retention: protected checkpoints alone exceed max_total_size_gb=%s",
                            self.base_policy.max_total_size_gb)
         return freed
@@ -266,13 +221,8 @@ class StoragePressureCallback(Callback):
     def _prune_trial_unprotected(self, trial: Any) -> int:
         """Step 1: the running trial keeps only protected checkpoints (study best, resume point)."""
         key = self.retention._trial_key(trial)
-        records = list(self.retention.records.values())
-        keep = protected_paths(records, self.retention.policy, mode=self.retention.mode)  # type: ignore[arg-type]
-        freed = 0
-        for rec in records:
-            if rec.trial_id == key and rec.path not in keep:
-                freed += prune_checkpoint(Path(rec.path), reason="storage pressure step 1: unprotected")
-                self.retention.records.pop(rec.path, None)
+        freed = self.retention.keeper.prune_unprotected(key, self.retention.policy,
+                                                        "storage pressure step 1: unprotected")
         if freed:
             logger.warning("storage pressure step 1: pruned %.1f MB of trial %s", freed / 1e6, key)
         return freed

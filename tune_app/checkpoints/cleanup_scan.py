@@ -1,42 +1,30 @@
 """Find (and optionally remove) what a study no longer needs on disk.
 
-:func:`scan_study` only reads; :func:`execute` deletes. Checkpoint directories are
-tombstoned (never removed), so Ray Tune's saved state stays resolvable.
+:func:`scan_study` only reads (``keeper.scan_checkpoints`` and the stale temps);
+:func:`execute` has the study's ``CheckpointKeeper`` delete the candidates. Checkpoint
+directories are tombstoned (never removed), so Ray Tune's saved state stays resolvable.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tune_app.atomic_fs import TMP_MARK as ATOMIC_TMP_MARK
+from tune_app.checkpoints.keeper import CheckpointKeeper, scan_checkpoints
 from tune_app.checkpoints.retention import (
     CheckpointRecord,
     Mode,
     RetentionPolicy,
     plan_retention,
 )
-from tune_app.checkpoints.store import (
-    PRUNED_FILE,
-    STATE_FILE,
-    TMP_PREFIX,
-    checkpoint_index,
-    dir_nbytes,
-    is_tombstone,
-    prune_checkpoint,
-    verify_checkpoint,
-)
+from tune_app.checkpoints.store import TMP_PREFIX, dir_nbytes
 from tune_app.outcome import TRIAL_STATE_FILE as OUTCOME_STATE_FILE
-from tune_app.outcome import trial_ended
 
-__all__ = ["Candidate", "CleanupReport", "TRIAL_STATE_FILE", "checkpoint_score", "execute", "scan_study",
-           "trial_finished"]
+__all__ = ["Candidate", "CleanupReport", "TRIAL_STATE_FILE", "execute", "remove_torn_temps", "scan_study"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -64,27 +52,7 @@ class CleanupReport:
     protected: list[Path] = field(default_factory=list)
     reclaimable_bytes: int = 0
     over_budget: bool = False
-
-
-def trial_finished(trial_dir: Path) -> bool:
-    """True when the trial has ended (finished, or stopped early): ``tune_app.outcome.trial_ended``.
-
-    Unknown (no readable ``trial_state.json``) counts as running, which keeps its resume point.
-    """
-    return trial_ended(trial_dir)
-
-
-def checkpoint_score(ckpt: Path, metric: str) -> float | None:
-    """``trainer_state.metrics[metric]`` of a checkpoint's ``state.json``; None if absent or not a number."""
-    try:
-        state = json.loads((ckpt / STATE_FILE).read_text())
-        value = state["trainer_state"]["metrics"][metric]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value
+    study_dir: Path | None = None
 
 
 def _is_temp(name: str) -> bool:
@@ -114,12 +82,10 @@ def remove_torn_temps(study_dir: Path) -> list[Path]:
 
     Only safe while nothing writes to the study: ``resume=`` calls it holding the study lock.
     """
+    keeper = CheckpointKeeper(study_dir, metric="", mode="max")
     removed = []
     for path in _stale_temps(study_dir, 0.0, time.time()):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        keeper.remove_temp(path)
         removed.append(path)
     return removed
 
@@ -144,39 +110,18 @@ def scan_study(
     skips reading every payload byte (sizes and manifest only).
     """
     study_dir = Path(study_dir)
-    report = CleanupReport()
+    report = CleanupReport(study_dir=study_dir)
     for tmp in _stale_temps(study_dir, tmp_min_age_s, time.time()):
         report.candidates.append(Candidate(tmp, dir_nbytes(tmp), REASON_TMP))
 
     records: list[CheckpointRecord] = []
-    for trial_dir in sorted(p for p in study_dir.iterdir() if p.is_dir()):
-        if trial_dir.name.startswith(TMP_PREFIX):
-            continue
-        finished = trial_finished(trial_dir)
-        for ckpt in sorted(trial_dir.iterdir()):
-            index = checkpoint_index(ckpt)
-            if index is None or not ckpt.is_dir():
-                continue
-            if is_tombstone(ckpt):
-                leftover = dir_nbytes(ckpt) - dir_nbytes(ckpt / PRUNED_FILE)
-                if any(e.name != PRUNED_FILE for e in ckpt.iterdir()):
-                    report.candidates.append(Candidate(ckpt, leftover, REASON_HALF_PRUNED))
-                continue
-            check = verify_checkpoint(ckpt, check_hashes=check_hashes)
-            if not check.ok:
-                what = f"{check.bad_file}: {check.problem}" if check.bad_file else check.problem
-                report.candidates.append(Candidate(ckpt, dir_nbytes(ckpt), f"corrupt: {what}"))
-                continue
-            records.append(
-                CheckpointRecord(
-                    trial_id=trial_dir.name,
-                    path=str(ckpt),
-                    index=index,
-                    score=checkpoint_score(ckpt, metric),
-                    size_bytes=dir_nbytes(ckpt),
-                    trial_finished=finished,
-                )
-            )
+    for found in scan_checkpoints(study_dir, metric, verify="hashes" if check_hashes else "sizes"):
+        if found.kind == "half_pruned":
+            report.candidates.append(Candidate(found.path, found.bytes, REASON_HALF_PRUNED))
+        elif found.kind == "corrupt":
+            report.candidates.append(Candidate(found.path, found.bytes, f"corrupt: {found.problem}"))
+        elif found.record is not None:
+            records.append(found.record)
 
     plan = plan_retention(records, policy, mode=mode)
     report.over_budget = plan.over_budget
@@ -191,14 +136,15 @@ def scan_study(
     return report
 
 
-def execute(report: CleanupReport) -> int:
-    """Delete the report's candidates; return bytes freed.
+def execute(report: CleanupReport, keeper: CheckpointKeeper | None = None) -> int:
+    """Delete the report's candidates through the study's :class:`CheckpointKeeper`; return
+    bytes freed.
 
-    ``tmp-*`` leftovers are removed; checkpoint directories are tombstoned with
-    :func:`prune_checkpoint` (the directory stays for Ray Tune). Protected paths
-    are never touched, even if listed by mistake.
+    ``tmp-*`` leftovers are removed; checkpoint directories are tombstoned (the directory
+    stays for Ray Tune). Protected paths are never touched, even if listed by mistake.
     """
     protected = {p.resolve() for p in report.protected}
+    owner = keeper or CheckpointKeeper(report.study_dir or Path("."), metric="", mode="max")
     freed = 0
     for cand in report.candidates:
         path = cand.path
@@ -207,14 +153,6 @@ def execute(report: CleanupReport) -> int:
             continue
         if not path.exists() and not path.is_symlink():
             continue
-        if _is_temp(path.name):
-            size = dir_nbytes(path)
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-            freed += size
-        else:
-            freed += prune_checkpoint(path, reason=cand.reason)
+        freed += owner.remove_temp(path) if _is_temp(path.name) else owner.prune(path, cand.reason)
         _LOG.info("cleanup: removed %s (%s)", path, cand.reason)
     return freed

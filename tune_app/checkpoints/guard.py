@@ -31,22 +31,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from tune_app.checkpoints.cleanup_scan import checkpoint_score, trial_finished
 from tune_app.checkpoints.preflight import (
     InsufficientStorageError,
     human_bytes,
     largest_artifacts,
     preflight,
 )
-from tune_app.checkpoints.retention import CheckpointRecord, Mode, plan_single_best
+from tune_app.checkpoints.retention import Mode
 from tune_app.checkpoints.store import (
     SavedCheckpoint,
-    checkpoint_index,
     dir_nbytes,
-    is_tombstone,
-    prune_checkpoint,
     save_checkpoint,
-    verify_checkpoint,
 )
 
 __all__ = ["DISK_FULL_ERRNOS", "ensure_room", "save_epoch_checkpoint", "study_reclaimer"]
@@ -150,33 +145,18 @@ def save_epoch_checkpoint(
         raise
 
 
-def study_records(study_dir: Path, metric: str) -> list[CheckpointRecord]:
-    """Valid (non-tombstone, size+manifest verified) checkpoints of a study, as retention records."""
-    records: list[CheckpointRecord] = []
-    for trial_dir in sorted(p for p in Path(study_dir).iterdir() if p.is_dir()):
-        finished = trial_finished(trial_dir)
-        for ckpt in sorted(trial_dir.iterdir()):
-            index = checkpoint_index(ckpt)
-            if index is None or not ckpt.is_dir() or is_tombstone(ckpt):
-                continue
-            if not verify_checkpoint(ckpt, check_hashes=False).ok:
-                continue
-            records.append(CheckpointRecord(trial_dir.name, str(ckpt), index, checkpoint_score(ckpt, metric),
-                                            dir_nbytes(ckpt), finished))
-    return records
-
-
 def study_reclaimer(study_dir: Path, *, metric: str, mode: str) -> Callable[[], int]:
     """A ``reclaim`` for :func:`save_epoch_checkpoint`: storage-pressure step 3 done in place.
 
-    Keeps the study's single best checkpoint and every running trial's newest one
-    (resume points); the rest become tombstones. Returns bytes freed.
+    The study's ``CheckpointKeeper`` (over the checkpoints whose manifest and sizes check out)
+    keeps the study's single best checkpoint and every running trial's newest one (resume
+    points); the rest become tombstones. Returns bytes freed.
     """
-    study = Path(study_dir)
+    from tune_app.checkpoints.keeper import CheckpointKeeper
 
     def reclaim() -> int:
-        plan = plan_single_best(study_records(study, metric), cast(Mode, mode))
-        return sum(prune_checkpoint(Path(p), reason="storage pressure (before save): single best kept")
-                   for p in sorted(plan.delete))
+        keeper = CheckpointKeeper(study_dir, metric=metric, mode=cast(Mode, mode), verify="sizes",
+                                  finish_interrupted=False)
+        return keeper.enforce(None)[1]
 
     return reclaim
