@@ -37,8 +37,9 @@ class SplitPass:
     def decided_spans(self, null_threshold: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Predicted (start, end) per slot: the best span when its margin is above
         ``null_threshold``, else the null span (0, 0)."""
-        keep = self.span_margin > null_threshold
-        return np.where(keep, self.span_start, 0), np.where(keep, self.span_end, 0)
+        from tune_app.evaluation.metrics import apply_null_threshold
+
+        return apply_null_threshold(self.span_start, self.span_end, self.span_margin, null_threshold)
 
 
 def _cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:

@@ -20,6 +20,7 @@ import torch
 
 from tune_app.config import AppConfig
 from tune_app.data.schema import NO_SYMPTOMS, SYMPTOMS, Post, evidence_char_spans
+from tune_app.evaluation.forward import SplitPass, run_split
 
 
 class EvaluationError(ValueError):
@@ -69,19 +70,13 @@ def load_model(checkpoint: Path, cfg: AppConfig, device: torch.device) -> Loaded
     return LoadedModel(model=model, tokenizer=encoder.tokenizer, trainer_state=loaded.trainer_state)
 
 
-@dataclass
-class Predictions:
-    """A model's outputs on a split: per post ``probs``/``labels`` [N, C]; per slot the rest."""
+@dataclass(kw_only=True)
+class Predictions(SplitPass):
+    """A model's outputs on a split (the shared pass's arrays), with the post ids, criterion
+    names, and per slot the token offsets and gold char spans to decode and score spans."""
 
     post_ids: list[str]
     criteria: list[str]
-    probs: np.ndarray
-    labels: np.ndarray
-    span_start: np.ndarray
-    span_end: np.ndarray
-    span_margin: np.ndarray
-    gold_start: np.ndarray
-    gold_end: np.ndarray
     slot_offsets: list[Sequence[tuple[int, int]]] = field(default_factory=list)
     gold_chars: list[list[tuple[int, int]]] = field(default_factory=list)
 
@@ -98,7 +93,6 @@ def predict(model: torch.nn.Module, tokenizer: Any, posts: Sequence[Post], cfg: 
     """Run ``model`` over ``posts`` (in the given order), encoded and batched as the trial's
     validation was, through the same pass (``evaluation.forward.run_split``)."""
     from tune_app.data.loader import build_split
-    from tune_app.evaluation.forward import run_split
 
     names = criteria_names(cfg)
     split = build_split(list(posts), tokenizer, cfg, shuffle=False, seed=cfg.seed)
@@ -110,12 +104,9 @@ def predict(model: torch.nn.Module, tokenizer: Any, posts: Sequence[Post], cfg: 
         for j in enc.criterion_ids:
             slot_offsets.append(enc.offsets)
             gold_chars.append(evidence_char_spans(posts[enc.post_index], names[j]))
-    return Predictions(
-        post_ids=[p.post_id for p in posts], criteria=names, probs=gathered.probs, labels=gathered.labels,
-        span_start=gathered.span_start, span_end=gathered.span_end, span_margin=gathered.span_margin,
-        gold_start=gathered.gold_start, gold_end=gathered.gold_end, slot_offsets=slot_offsets,
-        gold_chars=gold_chars,
-    )
+    passed = {f.name: getattr(gathered, f.name) for f in dataclasses.fields(SplitPass)}
+    return Predictions(**passed, post_ids=[p.post_id for p in posts], criteria=names, slot_offsets=slot_offsets,
+                       gold_chars=gold_chars)
 
 
 def load_split_posts(study_dir: Path, cfg: AppConfig, split: str) -> list[Post]:
