@@ -50,11 +50,13 @@ STEP_ACTIONS = {1: "prune the running trial's unprotected checkpoints",
 class RetentionCallback(Callback):
     """Decides, after every checkpoint and trial end, which checkpoint bytes stay."""
 
-    def __init__(self, study_dir: Path, *, metric: str, mode: str, policy: RetentionPolicy) -> None:
+    def __init__(self, study_dir: Path, *, metric: str, mode: str, policy: RetentionPolicy,
+                 keep_optimizer_state: bool = False) -> None:
         self.study_dir = Path(study_dir)
         self.metric = metric
         self.mode = mode
         self.base_policy = policy
+        self.keep_optimizer_state = keep_optimizer_state
         self.pressure_step = 0
         self._keeper: CheckpointKeeper | None = None
 
@@ -63,7 +65,8 @@ class RetentionCallback(Callback):
         r = cfg.retention
         policy = RetentionPolicy(keep_last_n=r.keep_last_n, keep_best_k=r.keep_best_k,
                                  keep_best_k_max=r.keep_best_k_max, max_total_size_gb=r.max_total_size_gb)
-        return cls(cfg.study_dir, metric=cfg.tune.metric, mode=cfg.tune.mode, policy=policy)
+        return cls(cfg.study_dir, metric=cfg.tune.metric, mode=cfg.tune.mode, policy=policy,
+                   keep_optimizer_state=r.keep_optimizer_state)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -76,7 +79,8 @@ class RetentionCallback(Callback):
         """The study's checkpoint owner (the only deleter); made on first use, also after a
         restore (a callback pickled by an older version has none)."""
         if self.__dict__.get("_keeper") is None:
-            self._keeper = CheckpointKeeper(self.study_dir, metric=self.metric, mode=cast(Mode, self.mode))
+            self._keeper = CheckpointKeeper(self.study_dir, metric=self.metric, mode=cast(Mode, self.mode),
+                                            keep_optimizer_state=self.__dict__.get("keep_optimizer_state", False))
         assert self._keeper is not None
         return self._keeper
 

@@ -512,6 +512,10 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
         model.load_state_dict(loaded.model_state)
         if loaded.optimizer_state is not None:
             optimizer.load_state_dict(loaded.optimizer_state)
+        else:  # a kept best demoted to weights only (its newer checkpoints were corrupt)
+            logger.warning("trial %s resumes from %s, which holds weights only: the optimiser and the "
+                           "learning-rate schedule start afresh from this epoch", ctx.get_trial_id(),
+                           resume_from.name)
         if loaded.scheduler_state is not None:
             scheduler.load_state_dict(loaded.scheduler_state)
         if loaded.rng_state is not None:

@@ -210,6 +210,9 @@ def test_retention_invariants(
     # Each running trial keeps its newest checkpoint (hence >= 1).
     newest = {max(rs, key=lambda r: r.index).path for rs in running.values()}
     assert newest <= plan.keep
+    # Resume points keep their optimiser state; every other kept checkpoint goes weights-only.
+    assert plan.resume_points == newest
+    assert plan.weights_only == plan.keep - newest and not plan.weights_only & newest
 
     # Finished trials keep only study-best checkpoints.
     for rs in trials.values():
@@ -277,6 +280,8 @@ def test_single_best_invariants(records: list[CheckpointRecord], mode: str) -> N
     for rs in trials.values():
         if not all(r.trial_finished for r in rs):
             assert max(rs, key=lambda r: r.index).path in plan.keep
+            assert max(rs, key=lambda r: r.index).path in plan.resume_points
+    assert plan.weights_only == plan.keep - plan.resume_points
     scored = [r for r in records if r.score is not None]
     best_kept = [r for r in scored if r.path in plan.keep]
     if scored:

@@ -155,8 +155,10 @@ def study_reclaimer(study_dir: Path, *, metric: str, mode: str) -> Callable[[], 
     from tune_app.checkpoints.keeper import CheckpointKeeper
 
     def reclaim() -> int:
+        # Pruning only: the driver's keeper demotes (two processes rewriting one folder at
+        # once could bring back a checkpoint the other just pruned).
         keeper = CheckpointKeeper(study_dir, metric=metric, mode=cast(Mode, mode), verify="sizes",
-                                  finish_interrupted=False)
+                                  finish_interrupted=False, keep_optimizer_state=True)
         return keeper.enforce(None)[1]
 
     return reclaim

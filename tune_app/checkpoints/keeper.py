@@ -4,8 +4,9 @@
 records (the retention callback after a restore, the trainable's pre-save reclaim, the
 cleanup command). :class:`CheckpointKeeper` is the only code that deletes checkpoint bytes:
 it tombstones checkpoints (``store.prune_checkpoint``: the folder stays for Ray Tune, with a
-``PRUNED`` marker), finishes prunes a crash interrupted and removes temps a killed writer
-left. Who decides *when* (and calls it):
+``PRUNED`` marker), drops the optimiser state of checkpoints kept only to be evaluated
+(``store.demote_checkpoint``: study bests that are not a running trial's resume point),
+finishes prunes a crash interrupted and removes temps a killed writer left. Who decides *when* (and calls it):
 
 * ``callbacks.RetentionCallback``: after every checkpoint and trial end, the retention plan;
 * ``callbacks.StoragePressureCallback``: while free space is short, the escalation steps;
@@ -16,6 +17,7 @@ left. Who decides *when* (and calls it):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from tune_app.checkpoints.errors import CheckpointError
 from tune_app.checkpoints.retention import (
     CheckpointRecord,
     Mode,
@@ -38,6 +41,7 @@ from tune_app.checkpoints.store import (
     STATE_FILE,
     TMP_PREFIX,
     checkpoint_index,
+    demote_checkpoint,
     dir_nbytes,
     is_tombstone,
     prune_checkpoint,
@@ -133,11 +137,14 @@ class CheckpointKeeper:
     """
 
     def __init__(self, study_dir: Path | str, *, metric: str, mode: Mode, verify: Verify = "none",
-                 finish_interrupted: bool = True) -> None:
+                 finish_interrupted: bool = True, keep_optimizer_state: bool = False) -> None:
         self.study_dir = Path(study_dir)
         self.metric = metric
         self.mode: Mode = mode
         self.verify: Verify = verify
+        #: False (the default): a kept checkpoint that is no longer a resume point loses its
+        #: optimiser and scheduler state (``retention.keep_optimizer_state``).
+        self.keep_optimizer_state = keep_optimizer_state
         #: Finish prunes a crash interrupted when reading the records (the driver; the trainable's
         #: reclaim leaves them to it, so two processes never prune one folder at once).
         self.finish_interrupted = finish_interrupted
@@ -176,11 +183,29 @@ class CheckpointKeeper:
 
     def enforce(self, policy: RetentionPolicy | None) -> tuple[int, int, bool]:
         """Prune what ``policy`` does not keep (``None``: the study's single best and the resume
-        points only). Returns (checkpoints pruned, bytes freed, protected alone over the size cap)."""
+        points only), then demote what is kept only to be evaluated (unless
+        ``keep_optimizer_state``). Returns (checkpoints pruned, bytes freed, protected alone
+        over the size cap)."""
         records = list(self.records.values())
         plan = (plan_single_best(records, self.mode) if policy is None
                 else plan_retention(records, policy, mode=self.mode))
-        return len(plan.delete), self.prune_paths(plan.delete, plan.reasons), plan.over_budget
+        freed = self.prune_paths(plan.delete, plan.reasons)
+        if not self.keep_optimizer_state:
+            freed += sum(self.demote(p) for p in sorted(plan.weights_only))
+        return len(plan.delete), freed, plan.over_budget
+
+    def demote(self, path: str) -> int:
+        """Drop a kept checkpoint's optimiser state (``store.demote_checkpoint``); bytes freed.
+        A checkpoint that cannot be demoted (corrupt, gone) is left as it is."""
+        try:
+            freed = demote_checkpoint(Path(path))
+        except (OSError, CheckpointError) as exc:
+            logger.warning("retention: could not drop the optimiser state of %s: %s", path, exc)
+            return 0
+        record = self.records.get(path)
+        if freed and record is not None:
+            self.records[path] = dataclasses.replace(record, size_bytes=max(record.size_bytes - freed, 0))
+        return freed
 
     def prune_unprotected(self, trial_id: str, policy: RetentionPolicy, reason: str) -> int:
         """Tombstone ``trial_id``'s checkpoints that ``policy`` does not protect (study best,

@@ -98,6 +98,14 @@ class RetentionPlan:
     delete: frozenset[str]
     reasons: Mapping[str, str]
     over_budget: bool
+    #: The newest checkpoint of each running trial: the only ones a trial resumes from.
+    resume_points: frozenset[str] = frozenset()
+
+    @property
+    def weights_only(self) -> frozenset[str]:
+        """Kept checkpoints that are not resume points (study bests, a running trial's older
+        ones): only ever evaluated, so their optimiser state can go."""
+        return self.keep - self.resume_points
 
 
 def _has_score(r: CheckpointRecord) -> bool:
@@ -222,7 +230,7 @@ def plan_retention(
             )
     over_budget = sum(size[p] for p in protected) > cap
     all_paths = {r.path for r in records}
-    return RetentionPlan(frozenset(keep), frozenset(all_paths - keep), reasons, over_budget)
+    return RetentionPlan(frozenset(keep), frozenset(all_paths - keep), reasons, over_budget, frozenset(newest))
 
 
 def plan_single_best(
@@ -238,7 +246,8 @@ def plan_single_best(
     """
     _check(records, mode)
     reasons: dict[str, str] = {}
-    keep = set(_newest_of_running(records))
+    newest = _newest_of_running(records)
+    keep = set(newest)
     for p in keep:
         reasons[p] = "newest checkpoint of a running trial (resume point)"
     scored = [(pos, r) for pos, r in enumerate(records) if _has_score(r)]
@@ -253,7 +262,7 @@ def plan_single_best(
     if policy is not None:
         over_budget = sum(r.size_bytes for r in records if r.path in keep) > policy.max_total_bytes
     all_paths = {r.path for r in records}
-    return RetentionPlan(frozenset(keep), frozenset(all_paths - keep), reasons, over_budget)
+    return RetentionPlan(frozenset(keep), frozenset(all_paths - keep), reasons, over_budget, frozenset(newest))
 
 
 def escalate(policy: RetentionPolicy, step: int) -> RetentionPolicy:

@@ -68,10 +68,12 @@ __all__ = [
     "capture_rng_state",
     "check_compat",
     "checkpoint_index",
+    "demote_checkpoint",
     "dir_nbytes",
     "estimate_checkpoint_bytes",
     "find_resumable_checkpoint",
     "is_tombstone",
+    "is_weights_only",
     "load_checkpoint",
     "prune_checkpoint",
     "read_trainer_state",
@@ -598,6 +600,65 @@ def save_checkpoint(
         raise
     total = sum(d.bytes for d in files.values()) + meta_bytes
     return SavedCheckpoint(final_dir, files, total)
+
+
+def is_weights_only(path: Path) -> bool:
+    """True when the checkpoint holds no optimiser or scheduler state (saved so, or demoted)."""
+    return not (Path(path) / OPTIMIZER_FILE).exists()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)  # same bytes, no copy: the old folder's name goes, the inode stays
+    except OSError:
+        shutil.copy2(src, dst)
+        with open(dst, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def demote_checkpoint(path: Path) -> int:
+    """Drop a checkpoint's optimiser and scheduler state, atomically; returns bytes freed.
+
+    For a checkpoint that is kept (a study best) but no longer a resume point: its model,
+    RNG and trainer state stay byte for byte (hard links), ``state.json`` loses the
+    optimiser/scheduler skeletons, the manifest and ``.sha256`` are rewritten, and the new
+    folder replaces the old one in one rename exchange (the same protocol as a save), so a
+    reader sees the full checkpoint or the weights-only one, never a mix. A kill leaves a
+    ``tmp-*`` folder (removed on resume or by cleanup). A no-op on a weights-only checkpoint.
+    """
+    path = Path(path)
+    if is_weights_only(path) or is_tombstone(path):
+        return 0
+    files, problem = _read_manifest(path)
+    if files is None:
+        raise CorruptCheckpointError(path, problem.bad_file if problem else None,
+                                     (problem.problem if problem else None) or "invalid")
+    state = json.loads((path / STATE_FILE).read_bytes())
+    state["optimizer"] = None
+    state["scheduler"] = None
+    state_bytes = json.dumps(state, indent=1).encode()
+    manifest = json.loads((path / MANIFEST_FILE).read_bytes())
+    before = dir_nbytes(path)
+    tmp = path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    try:
+        tmp.mkdir()
+        kept = {n: e for n, e in files.items() if n not in (OPTIMIZER_FILE, STATE_FILE)}
+        for name in kept:
+            _link_or_copy(path / name, tmp / name)
+        state_digest = _write_bytes(tmp / STATE_FILE, state_bytes)
+        kept[STATE_FILE] = {"sha256": state_digest.sha256, "bytes": state_digest.bytes}
+        manifest["files"] = kept
+        manifest["weights_only"] = True
+        _write_bytes(tmp / MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
+        sums = "".join(f"{e['sha256']}  {n}\n" for n, e in sorted(kept.items()))
+        _write_bytes(tmp / SHA256_FILE, sums.encode())
+        _fsync_dir(tmp)
+        failpoints.pause("demote")
+        _publish(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return max(before - dir_nbytes(path), 0)
 
 
 # --------------------------------------------------------------------------- verify / load
