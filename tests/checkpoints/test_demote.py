@@ -27,6 +27,11 @@ from tune_app.checkpoints.store import (
 from tune_app.evaluation.contracts import validate_checkpoint_metadata
 
 
+COMPAT = {"package_version": "0.1.0", "git_commit": "abc", "heads": {},
+          "architecture": {"num_outputs": 1, "criteria_head": "linear", "evidence_head": "start_end_linear",
+                           "pooling": "mean", "state_dict_hash": "h"}}
+
+
 def _save_full(path: Path, *, score: float = 0.5, width: int = 64) -> dict[str, torch.Tensor]:
     model = torch.nn.Linear(width, width)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -35,7 +40,7 @@ def _save_full(path: Path, *, score: float = 0.5, width: int = 64) -> dict[str, 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     save_checkpoint(path, model_state=model.state_dict(), optimizer_state=opt.state_dict(),
                     scheduler_state=sched.state_dict(),
-                    trainer_state={"epoch": 1, "metrics": {"val_macro_f1": score}}, compat={"k": 1},
+                    trainer_state={"epoch": 1, "metrics": {"val_macro_f1": score}}, compat=COMPAT,
                     rng_state={"torch": torch.get_rng_state()})
     return {k: v.clone() for k, v in model.state_dict().items()}
 
