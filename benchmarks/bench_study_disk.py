@@ -1,9 +1,12 @@
 """Peak study disk: default retention vs keep-all, 10 and 100 trials x 3 epochs (no Ray).
 
 Drives the same decisions ``RetentionCallback`` makes, with the real store and the
-pure ``plan_retention``: after each save, plan + prune; at trial end, mark the trial
-finished, plan + prune. Bytes on disk are measured (``dir_nbytes`` of the study)
-after every step; the peak is the largest measurement.
+study's ``CheckpointKeeper``: after each save, plan + prune (+ demote); at trial end, mark
+the trial finished, plan + prune (+ demote). Every checkpoint holds AdamW-shaped optimiser
+state (two tensors per weight). Bytes on disk are measured (``dir_nbytes`` of the study)
+after every step; the peak is the largest measurement. Three runs per size: keep-all,
+default retention keeping the optimiser state of kept bests (``retention.keep_optimizer_state=true``),
+and the default (kept bests that are not resume points hold weights only).
 
     .venv/bin/python benchmarks/bench_study_disk.py [--trials 10 100] [--epochs 3] [--mb 3]
 
@@ -13,6 +16,7 @@ Targets: peak flat in the number of trials, >= 99% cut vs keep-all at 100 trials
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import shutil
 import tempfile
@@ -21,27 +25,24 @@ from pathlib import Path
 
 import torch
 
-from tune_app.checkpoints.retention import CheckpointRecord, RetentionPolicy, plan_retention
-from tune_app.checkpoints.store import dir_nbytes, prune_checkpoint, save_checkpoint
+from tune_app.checkpoints.keeper import CheckpointKeeper
+from tune_app.checkpoints.retention import CheckpointRecord, RetentionPolicy
+from tune_app.checkpoints.store import dir_nbytes, save_checkpoint
 
 DEFAULT = RetentionPolicy(keep_last_n=1, keep_best_k=1, keep_best_k_max=2, max_total_size_gb=10.0)
 
 
-def simulate(root: Path, trials: int, epochs: int, numel: int, *, retain: bool, seed: int = 0) -> tuple[int, int]:
+def simulate(root: Path, trials: int, epochs: int, numel: int, *, retain: bool, weights_only: bool = True,
+             seed: int = 0) -> tuple[int, int]:
     """Run one simulated study under ``root``.
 
     Returns (peak bytes at any moment, i.e. right after a save and before its prune;
     peak bytes after each retention pass, the steady state between saves).
     """
     rng = random.Random(seed)
-    records: dict[str, CheckpointRecord] = {}
+    keeper = CheckpointKeeper(root, metric="val_macro_f1", mode="max", keep_optimizer_state=not weights_only)
+    keeper._records = {}  # the callback's view: every record comes from a report
     peak = steady = 0
-
-    def apply() -> None:
-        plan = plan_retention(list(records.values()), DEFAULT, mode="max")
-        for path in sorted(plan.delete):
-            prune_checkpoint(Path(path), reason="retention")
-            records.pop(path)
 
     def measure(after_prune: bool) -> None:
         nonlocal peak, steady
@@ -51,24 +52,26 @@ def simulate(root: Path, trials: int, epochs: int, numel: int, *, retain: bool, 
             steady = max(steady, size)
 
     model = {"w": torch.randn(numel)}
+    adamw = {"state": {0: {"step": torch.tensor(1.0), "exp_avg": torch.randn(numel),
+                           "exp_avg_sq": torch.rand(numel)}},
+             "param_groups": [{"lr": 1e-3, "params": [0]}]}
     for t in range(trials):
         trial = f"trial_{t:04d}"
         for epoch in range(1, epochs + 1):
             path = root / trial / f"checkpoint_{epoch - 1:06d}"
             score = rng.random()
-            saved = save_checkpoint(path, model_state=model,
+            saved = save_checkpoint(path, model_state=model, optimizer_state=adamw,
                                     trainer_state={"epoch": epoch, "metrics": {"val_macro_f1": score}}, compat={})
             measure(after_prune=not retain)
             if retain:
-                records[str(path)] = CheckpointRecord(trial, str(path), epoch - 1, score, saved.total_bytes, False)
-                apply()
+                keeper.add(CheckpointRecord(trial, str(path), epoch - 1, score, saved.total_bytes, False))
+                keeper.enforce(DEFAULT)
                 measure(after_prune=True)
         if retain:
-            for key, rec in list(records.items()):
+            for rec in list(keeper.records.values()):
                 if rec.trial_id == trial:
-                    records[key] = CheckpointRecord(rec.trial_id, rec.path, rec.index, rec.score,
-                                                    rec.size_bytes, True)
-            apply()
+                    keeper.add(dataclasses.replace(rec, trial_finished=True))
+            keeper.enforce(DEFAULT)
             measure(after_prune=True)
     return peak, steady
 
@@ -80,9 +83,9 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=3.0, help="model state size in MB (float32)")
     args = parser.parse_args()
     numel = int(args.mb * 1e6 / 4)
-    print(f"model state {args.mb:.1f} MB, {args.epochs} epochs per trial, default retention {DEFAULT}")
-    print(f"{'trials':>6}  {'keep-all peak':>14}  {'default peak':>13}  {'cut':>7}  "
-          f"{'default after prune':>20}  {'cut':>7}  {'time':>6}")
+    print(f"model state {args.mb:.1f} MB + AdamW state, {args.epochs} epochs per trial, default retention {DEFAULT}")
+    print(f"{'trials':>6}  {'keep-all peak':>14}  {'kept w/ optimiser':>18}  {'default peak':>13}  {'x smaller':>9}  "
+          f"{'cut':>7}  {'default after prune':>20}  {'w/ optimiser':>13}  {'x smaller':>9}  {'cut':>7}  {'time':>6}")
     peaks: dict[int, int] = {}
     cuts: dict[int, float] = {}
     steady_cuts: dict[int, float] = {}
@@ -91,12 +94,16 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-disk-") as tmp:
             keep_all, _ = simulate(Path(tmp) / "all", trials, args.epochs, numel, retain=False)
             shutil.rmtree(Path(tmp) / "all")
+            full, full_steady = simulate(Path(tmp) / "full", trials, args.epochs, numel, retain=True,
+                                         weights_only=False)
+            shutil.rmtree(Path(tmp) / "full")
             default, steady = simulate(Path(tmp) / "default", trials, args.epochs, numel, retain=True)
         peaks[trials] = default
         cut = cuts[trials] = 1 - default / keep_all
         steady_cut = steady_cuts[trials] = 1 - steady / keep_all
-        print(f"{trials:>6}  {keep_all / 1e6:>11.1f} MB  {default / 1e6:>10.1f} MB  {100 * cut:>6.2f}%  "
-              f"{steady / 1e6:>17.1f} MB  {100 * steady_cut:>6.2f}%  {time.perf_counter() - started:>5.1f}s")
+        print(f"{trials:>6}  {keep_all / 1e6:>11.1f} MB  {full / 1e6:>15.1f} MB  {default / 1e6:>10.1f} MB  "
+              f"{full / default:>8.2f}x  {100 * cut:>6.2f}%  {steady / 1e6:>17.1f} MB  {full_steady / 1e6:>10.1f} MB  "
+              f"{full_steady / steady:>8.2f}x  {100 * steady_cut:>6.2f}%  {time.perf_counter() - started:>5.1f}s")
     if len(peaks) > 1:
         lo, hi = min(peaks), max(peaks)
         ratio = peaks[hi] / peaks[lo]
