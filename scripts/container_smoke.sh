@@ -24,7 +24,6 @@
 #      REUSE_IMAGE (1: skip step 2 when $IMAGE exists), SMOKE_UIS (1: step 6), KEEP (1: keep the containers), LAYERS (podman build --layers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$PWD
 
 SMOKE_DIR=${SMOKE_DIR:-/var/tmp/tune_app-smoke}
 BASE_IMAGE=${BASE_IMAGE:-localhost/debian-bookworm-python311}
@@ -89,7 +88,7 @@ else
       dest="docker/wheels/$(basename "$whl")"
       if [ ! -e "$dest" ]; then cp "$whl" "$dest"; copied+=("$dest"); fi
     done
-    echo "docker/wheels/: $(cd docker/wheels && ls -- *.whl 2>/dev/null | tr '\n' ' ')"
+    echo "docker/wheels/: $(find docker/wheels -name '*.whl' -printf '%f ')"
   fi
   "${PODMAN[@]}" build --isolation=chroot --layers="$LAYERS" -f docker/Dockerfile -t "$IMAGE" \
     --build-arg PYTHON_IMAGE="$BASE_IMAGE" \
@@ -111,12 +110,13 @@ mapfile -t ENTRY < <("${BUILDAH[@]}" inspect --type image "$IMAGE" \
   | python3 -c 'import json, sys; print("\n".join(json.load(sys.stdin)["OCIv1"]["config"]["Entrypoint"]))')
 [ "${#ENTRY[@]}" -gt 0 ] || fail "no ENTRYPOINT in $IMAGE"
 echo "ENTRYPOINT: ${ENTRY[*]}; user: $("${BUILDAH[@]}" inspect --type image --format '{{.OCIv1.Config.User}}' "$IMAGE")"
+# One bind mount per run: with two -v mounts, buildah 1.28's chroot isolation now and then
+# showed another folder (owned by uid 1000) at /app/experiments (seen here, 2 runs in 6). The default
+# study needs no Hugging Face cache: the image's own /cache/huggingface serves.
 run_in() {  # run_in HOST_EXPERIMENTS_DIR CMD...
   local exp=$1; shift
-  "${BUILDAH[@]}" run --isolation=chroot \
-    -v "$exp:/app/experiments" -v "$SMOKE_DIR/hf-cache:/cache/huggingface" "$ctr" -- "$@"
+  "${BUILDAH[@]}" run --isolation=chroot -v "$exp:/app/experiments" "$ctr" -- "$@"
 }
-mkdir -p "$SMOKE_DIR/hf-cache" && chown "$UID_IN_IMAGE:$UID_IN_IMAGE" "$SMOKE_DIR/hf-cache"
 done_step from
 
 # --- 3. the entrypoint refuses a folder it cannot write --------------------------------
@@ -127,8 +127,9 @@ run_in "$SMOKE_DIR/experiments-root" "${ENTRY[@]}" --help > "$SMOKE_DIR/deny.log
 rc=$?
 set -e
 cat "$SMOKE_DIR/deny.log"
-[ "$rc" = 2 ] && grep -q "not writable by uid $UID_IN_IMAGE" "$SMOKE_DIR/deny.log" \
-  || fail "expected exit 2 and 'not writable by uid $UID_IN_IMAGE', got exit $rc"
+if [ "$rc" != 2 ] || ! grep -q "not writable by uid $UID_IN_IMAGE" "$SMOKE_DIR/deny.log"; then
+  fail "expected exit 2 and 'not writable by uid $UID_IN_IMAGE', got exit $rc"
+fi
 done_step deny
 
 # --- 4. a study inside the image ------------------------------------------------------
