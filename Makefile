@@ -53,7 +53,11 @@ PORT ?= 5000
 HOST = 127.0.0.1
 # The GPU service when this host has an NVIDIA driver, else the CPU-only profile.
 SERVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo trainer || echo trainer-cpu)
-.PHONY: validate-env mlflow-ui build shell tune-container
+# The image's user (compose build args UID/GID): yours, 1000 when you are root.
+HOST_UID ?= $(shell id -u | sed 's/^0$$/1000/')
+HOST_GID ?= $(shell id -g | sed 's/^0$$/1000/')
+export HOST_UID HOST_GID
+.PHONY: validate-env mlflow-ui build shell tune-container container-dirs container-uis container-smoke
 
 validate-env: ## Check Python/packages, device, disk vs retention, MLflow, HF cache, Ray (ARGS="model=minilm")
 	$(PY) -m tune_app.validate_env $(ARGS)
@@ -64,8 +68,17 @@ mlflow-ui: ## MLflow UI on http://$(HOST):$(PORT) for experiments/mlflow.db (set
 build: ## Build the container image (SERVICE=trainer: CUDA, trainer-cpu: CPU; default from nvidia-smi)
 	$(COMPOSE) --profile cpu build $(SERVICE)
 
-shell: ## A shell in the container (same mounts as tune-container)
+container-dirs: ## Create the compose mounts (experiments/, HF cache, data/) owned by the image's user
+	sh docker/preflight.sh
+
+shell: container-dirs ## A shell in the container (same mounts as tune-container)
 	$(COMPOSE) --profile cpu run --rm --entrypoint bash $(SERVICE)
 
-tune-container: ## Run a study in the container: python -m tune_app.run ARGS (ports 8265/5000 published)
+tune-container: container-dirs ## Run a study in the container: python -m tune_app.run ARGS (Ray dashboard port 8265)
 	$(COMPOSE) --profile cpu run --rm --service-ports $(SERVICE) $(ARGS)
+
+container-uis: container-dirs ## MLflow UI (:5000) + optuna-dashboard (:8080, STUDY_NAME) beside a study, detached
+	$(COMPOSE) up -d mlflow-ui optuna-dashboard
+
+container-smoke: ## Build the CPU image with podman and run the default study in it (root, Debian; slow)
+	bash scripts/container_smoke.sh
