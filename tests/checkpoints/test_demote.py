@@ -26,7 +26,6 @@ from tune_app.checkpoints.store import (
 )
 from tune_app.evaluation.contracts import validate_checkpoint_metadata
 
-
 COMPAT = {"package_version": "0.1.0", "git_commit": "abc", "heads": {},
           "architecture": {"num_outputs": 1, "criteria_head": "linear", "evidence_head": "start_end_linear",
                            "pooling": "mean", "state_dict_hash": "h"}}
