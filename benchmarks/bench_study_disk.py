@@ -5,8 +5,8 @@ study's ``CheckpointKeeper``: after each save, plan + prune (+ demote); at trial
 the trial finished, plan + prune (+ demote). Every checkpoint holds AdamW-shaped optimiser
 state (two tensors per weight). Bytes on disk are measured (``dir_nbytes`` of the study)
 after every step; the peak is the largest measurement. Three runs per size: keep-all,
-default retention keeping the optimiser state of kept bests (``retention.keep_optimizer_state=true``),
-and the default (kept bests that are not resume points hold weights only).
+default retention keeping the optimiser state of kept bests (``retention.keep_optimizer_state=true``,
+the default for now), and weights-only kept bests (``retention.keep_optimizer_state=false``).
 
     .venv/bin/python benchmarks/bench_study_disk.py [--trials 10 100] [--epochs 3] [--mb 3]
 
@@ -84,8 +84,8 @@ def main() -> None:
     args = parser.parse_args()
     numel = int(args.mb * 1e6 / 4)
     print(f"model state {args.mb:.1f} MB + AdamW state, {args.epochs} epochs per trial, default retention {DEFAULT}")
-    print(f"{'trials':>6}  {'keep-all peak':>14}  {'kept w/ optimiser':>18}  {'default peak':>13}  {'x smaller':>9}  "
-          f"{'cut':>7}  {'default after prune':>20}  {'w/ optimiser':>13}  {'x smaller':>9}  {'cut':>7}  {'time':>6}")
+    print(f"{'trials':>6}  {'keep-all peak':>14}  {'kept w/ optimiser':>18}  {'weights-only':>13}  {'x smaller':>9}  "
+          f"{'cut':>7}  {'w-only after prune':>20}  {'w/ optimiser':>13}  {'x smaller':>9}  {'cut':>7}  {'time':>6}")
     peaks: dict[int, int] = {}
     cuts: dict[int, float] = {}
     steady_cuts: dict[int, float] = {}

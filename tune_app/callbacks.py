@@ -51,7 +51,7 @@ class RetentionCallback(Callback):
     """Decides, after every checkpoint and trial end, which checkpoint bytes stay."""
 
     def __init__(self, study_dir: Path, *, metric: str, mode: str, policy: RetentionPolicy,
-                 keep_optimizer_state: bool = False) -> None:
+                 keep_optimizer_state: bool = True) -> None:
         self.study_dir = Path(study_dir)
         self.metric = metric
         self.mode = mode
@@ -80,7 +80,7 @@ class RetentionCallback(Callback):
         restore (a callback pickled by an older version has none)."""
         if self.__dict__.get("_keeper") is None:
             self._keeper = CheckpointKeeper(self.study_dir, metric=self.metric, mode=cast(Mode, self.mode),
-                                            keep_optimizer_state=self.__dict__.get("keep_optimizer_state", False))
+                                            keep_optimizer_state=self.__dict__.get("keep_optimizer_state", True))
         assert self._keeper is not None
         return self._keeper
 

@@ -96,8 +96,9 @@ class RetentionConfig:
     keep_best_k_max: int = 2
     #: False: a kept checkpoint that is no longer a resume point (a study best of an ended
     #: trial, a running trial's older ones) loses its optimiser and scheduler state (about
-    #: 2/3 of an AdamW checkpoint); evaluation needs only the weights.
-    keep_optimizer_state: bool = False
+    #: 2/3 of an AdamW checkpoint); evaluation needs only the weights. Opt-in for now: the
+    #: kill tests found a window it widens (README, "Checkpoints and disk").
+    keep_optimizer_state: bool = True
     max_total_size_gb: float = 10.0
     monitor_interval_s: float = 60.0
     warn_free_fraction: float = 0.10

@@ -137,13 +137,13 @@ class CheckpointKeeper:
     """
 
     def __init__(self, study_dir: Path | str, *, metric: str, mode: Mode, verify: Verify = "none",
-                 finish_interrupted: bool = True, keep_optimizer_state: bool = False) -> None:
+                 finish_interrupted: bool = True, keep_optimizer_state: bool = True) -> None:
         self.study_dir = Path(study_dir)
         self.metric = metric
         self.mode: Mode = mode
         self.verify: Verify = verify
-        #: False (the default): a kept checkpoint that is no longer a resume point loses its
-        #: optimiser and scheduler state (``retention.keep_optimizer_state``).
+        #: False: a kept checkpoint that is no longer a resume point loses its optimiser and
+        #: scheduler state (``retention.keep_optimizer_state``; opt-in, see the README).
         self.keep_optimizer_state = keep_optimizer_state
         #: Finish prunes a crash interrupted when reading the records (the driver; the trainable's
         #: reclaim leaves them to it, so two processes never prune one folder at once).
