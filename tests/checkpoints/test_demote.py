@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
-import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.checkpoints.forking import kill_forked_loop
 from tune_app.checkpoints.keeper import CheckpointKeeper
 from tune_app.checkpoints.retention import RetentionPolicy
 from tune_app.checkpoints.store import (
@@ -83,22 +83,9 @@ def test_a_failed_demotion_leaves_the_full_checkpoint(tmp_path: Path, monkeypatc
     assert [p.name for p in ckpt.parent.iterdir()] == ["checkpoint_000000"]
 
 
-def _fork_demoter(root: Path) -> tuple[int, int]:
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: save a full checkpoint, demote it, over and over, until killed
-        try:
-            os.close(read_fd)
-            os.write(write_fd, b"r")
-            i = 0
-            while True:
-                _save_full(root / "checkpoint_000000", score=float(i), width=256)
-                demote_checkpoint(root / "checkpoint_000000")
-                i += 1
-        finally:
-            os._exit(1)
-    os.close(write_fd)
-    return pid, read_fd
+def _save_and_demote(root: Path, i: int) -> None:
+    _save_full(root / "checkpoint_000000", score=float(i), width=256)
+    demote_checkpoint(root / "checkpoint_000000")
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -112,12 +99,7 @@ def test_sigkill_during_demotion_leaves_a_whole_checkpoint(tmp_path: Path) -> No
     rng = random.Random(seed)
     kinds = set()
     for _ in range(15):
-        pid, read_fd = _fork_demoter(tmp_path)
-        assert os.read(read_fd, 1) == b"r"
-        os.close(read_fd)
-        time.sleep(rng.uniform(0.02, 0.3))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        kill_forked_loop(functools.partial(_save_and_demote, tmp_path), rng.uniform(0.02, 0.3))
         ckpt = tmp_path / "checkpoint_000000"
         if not ckpt.exists():  # killed before the first save was published
             continue

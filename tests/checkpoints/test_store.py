@@ -22,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.checkpoints.forking import kill_forked_loop
 from tune_app.checkpoints import store
 from tune_app.checkpoints.store import (
     CheckpointWriteError,
@@ -462,28 +463,6 @@ def _assert_visible_checkpoints_valid(root: Path) -> None:
             assert result.ok, f"{entry}: {result}"
 
 
-def _fork_saver(root: Path, model: dict[str, torch.Tensor]) -> tuple[int, int]:
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: save forever until killed
-        try:
-            os.close(read_fd)
-            os.write(write_fd, b"r")
-            i = 0
-            while True:
-                save_checkpoint(
-                    root / f"checkpoint_{i % 3:06d}",
-                    model_state=model,
-                    trainer_state={"i": i},
-                    compat={},
-                )
-                i += 1
-        finally:
-            os._exit(1)
-    os.close(write_fd)
-    return pid, read_fd
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_sigkill_during_save_forked(tmp_path: Path) -> None:
     """20 SIGKILLs at random moments of a save loop (forked children, fast)."""
@@ -492,12 +471,9 @@ def test_sigkill_during_save_forked(tmp_path: Path) -> None:
     rng = random.Random(1234)
     leftovers_seen = 0
     for _ in range(20):
-        pid, read_fd = _fork_saver(tmp_path, model)
-        assert os.read(read_fd, 1) == b"r"
-        os.close(read_fd)
-        time.sleep(rng.uniform(0.0, 0.4))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        kill_forked_loop(lambda i: save_checkpoint(tmp_path / f"checkpoint_{i % 3:06d}", model_state=model,
+                                                   trainer_state={"i": i}, compat={}),
+                         rng.uniform(0.0, 0.4))
         leftovers_seen += any(p.name.startswith("tmp-") for p in tmp_path.iterdir())
         _assert_visible_checkpoints_valid(tmp_path)
     assert leftovers_seen > 0, "no kill landed mid-save; the test did not exercise anything"
