@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,20 +58,46 @@ def run(args: list[str], log: Path, timeout: float = 600) -> int:
         end_group(proc)
 
 
+_KILLED_TREES: dict[int, list[psutil.Process]] = {}
+
+
+def kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to the run's process group, as ``kill -9 -PGID`` by a user does.
+
+    Ray starts each trial worker in a process group of its own, so a worker outlives the
+    group for a moment (until its watchdog sees the raylet gone) and may still finish a
+    save. The run's whole process tree is remembered here, and :func:`end_group` waits for
+    all of it: what a test inspects after a kill is what the next command will find.
+    """
+    with contextlib.suppress(psutil.Error):
+        _KILLED_TREES[proc.pid] = psutil.Process(proc.pid).children(recursive=True)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
 def end_group(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
-    """Wait for the group's leftovers (Ray agents outlive the driver) and end them."""
+    """Wait for the group's leftovers (Ray agents outlive the driver) and end them, then wait
+    for the processes of a tree :func:`kill_group` signalled (trial workers in their own groups)."""
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         try:
             os.killpg(proc.pid, 0)
         except ProcessLookupError:
-            return
+            break
         if proc.poll() is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.5)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(_KILLED_TREES.pop(proc.pid, []), timeout=grace)
+    for leftover in alive:
+        with contextlib.suppress(psutil.Error):
+            leftover.kill()
+    psutil.wait_procs(alive, timeout=10)
 
 
 def trial_dirs(study: Path) -> list[Path]:

@@ -25,6 +25,7 @@ import pytest
 from tests.integration.study_tools import (
     check_optuna_db,
     end_group,
+    kill_group,
     mlflow_runs,
     run,
     start_run,
@@ -229,7 +230,7 @@ def _kill_at_random(args: list[str], log: Path, study: Path, sig: signal.Signals
         time.sleep(delay)
         if proc.poll() is None:
             if sig == signal.SIGKILL:
-                os.killpg(proc.pid, signal.SIGKILL)
+                kill_group(proc)
             else:
                 os.kill(proc.pid, sig)
         rc = proc.wait(timeout=180)
@@ -309,7 +310,7 @@ def test_a_kill_between_the_stop_record_and_tunes_state_never_revives_the_trial(
     monkeypatch.delenv("TUNE_APP_FAILPOINTS")
     try:
         wait_for(lambda: _first_stop(study), 400, "a trial is stopped early", proc, log)
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc)
         proc.wait(timeout=60)
     finally:
         end_group(proc)

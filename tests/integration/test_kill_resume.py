@@ -22,6 +22,7 @@ from tests.integration.study_tools import (
     REPO,
     check_optuna_db,
     end_group,
+    kill_group,
     mlflow_artifacts,
     mlflow_runs,
     run,
@@ -76,7 +77,7 @@ def _interrupt(tmp_path: Path, sig: signal.Signals, name: str = "killed") -> tup
         wait_for(lambda: _second_trial_reported(study), 400, "trial 2 reports its first epoch", proc, log)
         time.sleep(0.5)  # Tune syncs its experiment state right after it takes a report
         if sig == signal.SIGKILL:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_group(proc)
         else:
             os.kill(proc.pid, sig)
         rc = proc.wait(timeout=120)

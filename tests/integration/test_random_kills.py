@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import statistics
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 from tests.integration.study_tools import (
     check_optuna_db,
     end_group,
+    kill_group,
     mlflow_runs,
     run,
     start_run,
@@ -143,7 +143,7 @@ def test_random_sigkills_over_whole_studies_then_resume(tmp_path: Path) -> None:
                         startups.append(time.monotonic() - began_command)
                     time.sleep(0.2)
                 if rc is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    kill_group(proc)
             finally:
                 end_group(proc, grace=5)
             seen_progress = False

@@ -10,8 +10,6 @@ trial's entry in the state holds at most its best and latest checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import pytest
 
 from tests.integration.study_tools import (
     end_group,
+    kill_group,
     mlflow_runs,
     run,
     start_run,
@@ -65,7 +64,7 @@ def test_a_trial_killed_before_its_first_report_is_resumed_not_resampled(tmp_pat
         assert any(first.name == e["state"].get("relative_logdir") for e in _saved_trials(study)), \
             "Tune's saved state lists the new trial and its folder before the trial starts"
         assert not (first / "result.json").exists(), "the trial has not reported yet"
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc)
     finally:
         end_group(proc)
 

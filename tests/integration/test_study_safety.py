@@ -18,6 +18,7 @@ from tests.integration.study_tools import (
     REPO,
     check_optuna_db,
     end_group,
+    kill_group,
     mlflow_runs,
     run,
     start_run,
@@ -70,7 +71,7 @@ def test_a_kill_during_start_up_is_resumed_by_one_command(tmp_path: Path) -> Non
     proc = start_run(args, log, failpoints="prepare=120")
     try:
         wait_for(lambda: (study / "study_config.yaml").is_file(), 120, "study_config.yaml written", proc, log)
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc)
     finally:
         end_group(proc)
     assert not (study / "meta" / "study.json").exists(), "killed before the preparation ended"
@@ -93,7 +94,7 @@ def test_a_checkpoint_tune_never_saw_is_resumed_from_and_its_epoch_reported_once
     proc = start_run(args, log, failpoints="report=120")
     try:
         wait_for(lambda: any(study.glob("*/checkpoint_000000/manifest.json")), 240, "epoch 1 saved", proc, log)
-        os.killpg(proc.pid, signal.SIGKILL)  # the trial waits before reporting epoch 1 to Tune
+        kill_group(proc)  # the trial waits before reporting epoch 1 to Tune
     finally:
         end_group(proc)
     (trial,) = [p.parent for p in study.glob("*/checkpoint_000000")]
@@ -121,7 +122,7 @@ def test_a_second_command_on_a_running_study_is_refused(tmp_path: Path) -> None:
         assert _cli("tune_app.cleanup", "--study", str(study)).returncode == 0, "a dry run only reads"
         assert _cli("tune_app.run", *args).returncode == 2, "starting it again is refused too"
         ray_processes = psutil.Process(proc.pid).children(recursive=True)
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc)
     finally:
         end_group(proc)
     # No Ray process of the killed study outlives it (raylet, agents, the trial's worker).

@@ -27,6 +27,7 @@ import pytest
 
 from tests.integration.study_tools import (
     end_group,
+    kill_group,
     mlflow_runs,
     start_run,
     tail,
@@ -118,7 +119,7 @@ def _run_once(args: list[str], study: Path, log: Path, kill: str | float | None)
             else:
                 _wait(proc, lambda: False, float(kill))
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                kill_group(proc)
         return proc.wait(timeout=600)
     finally:
         end_group(proc)
