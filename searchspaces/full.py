@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 from searchspaces.small import encoder_kind
+from tune_app import config
 from tune_app.models.catalog import (
     COUPLING_METHODS,
     COUPLING_POOLINGS,
@@ -44,8 +45,8 @@ from tune_app.models.catalog import (
 )
 
 FOCAL_LOSSES: tuple[str, ...] = ("focal", "adaptive_focal", "hybrid")
-SEED_POLICIES: tuple[str, ...] = ("study", "per_trial")
-AUGMENT_METHODS: tuple[str, ...] = ("synonym", "insert", "swap", "char_perturb")
+#: Augmentation the space samples: every method but back-translation, which downloads models.
+AUGMENT_METHODS: tuple[str, ...] = tuple(m for m in config.AUGMENT_METHODS if m != "back_translation")
 HEAD_HIDDEN: tuple[int, ...] = (128, 256, 512, 1024)
 
 #: (low, high) learning rate and head LR multiplier: the tiny encoder vs pretrained ones.
@@ -65,14 +66,14 @@ def define(trial: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
     # Optimisation.
     max_epochs = int(settings.get("max_epochs", 1))
     trial.suggest_int("train.epochs", (max_epochs + 1) // 2, max_epochs)
-    trial.suggest_categorical("train.seed_policy", list(SEED_POLICIES))
+    trial.suggest_categorical("train.seed_policy", list(config.SEED_POLICIES))
     trial.suggest_float("train.lr", *LR_RANGE[kind], log=True)
     trial.suggest_categorical("train.batch_size", [8, 16, 32])
     trial.suggest_categorical("train.grad_accumulation_steps", [1, 2, 4])
     trial.suggest_float("train.warmup_ratio", 0.0, 0.2)
     trial.suggest_float("train.weight_decay", 0.0, 0.1)
-    trial.suggest_categorical("train.scheduler", ["linear", "cosine"])
-    trial.suggest_categorical("train.optimizer", ["adamw", "radam"])
+    trial.suggest_categorical("train.scheduler", list(config.LR_SCHEDULES))
+    trial.suggest_categorical("train.optimizer", list(config.OPTIMIZERS))
     trial.suggest_float("train.layerwise_lr_decay", 0.7, 1.0)
     trial.suggest_float("train.head_lr_multiplier", *HEAD_LR_MULTIPLIER_RANGE[kind], log=True)
     trial.suggest_categorical("train.fgm_epsilon", [0.0, 0.1, 0.5, 1.0])

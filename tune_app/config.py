@@ -18,6 +18,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from tune_app.models import catalog
+
 #: The repository's Hydra config tree (``configs/`` beside the package).
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -43,6 +45,50 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 #: Tune's ASHAScheduler / MedianStoppingRule stop hopeless trials early (``tune_app.early_stopping``).
 SCHEDULERS: tuple[str, ...] = ("fifo", "asha", "median")
 
+#: Allowed values of the other choice keys: defined here once; the trainer, the data
+#: pipeline and the search spaces read them from here (the model's parts: ``models.catalog``).
+OPTIMIZERS: tuple[str, ...] = ("adamw", "radam")
+LR_SCHEDULES: tuple[str, ...] = ("linear", "cosine")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+AUGMENT_METHODS: tuple[str, ...] = ("synonym", "insert", "swap", "char_perturb", "back_translation")
+THRESHOLD_STRATEGIES: tuple[str, ...] = ("per_criterion", "global")
+DATA_SOURCES: tuple[str, ...] = ("synthetic", "local", "hub")
+INPUT_FORMATS: tuple[str, ...] = ("multi_label", "binary_pairs")
+SPECIAL_CASE_POLICIES: tuple[str, ...] = ("drop", "negative", "error")
+LONG_TEXT_MODES: tuple[str, ...] = ("truncate", "sliding_window")
+
+#: A field's constraint lives in its metadata (see :func:`one_of`, :func:`at_least`,
+#: :func:`within`); :func:`validate` checks every field generically from it.
+_CHOICES, _MIN_INT, _RANGE = "choices", "min_int", "range"
+
+
+def one_of(default: str, allowed: tuple[str, ...] | typing.Callable[[], typing.Iterable[str]]) -> Any:
+    """A string field whose value must be one of ``allowed`` (a tuple, or a function read at
+    validation time for lists that live elsewhere: the encoder catalog, the search spaces)."""
+    return field(default=default, metadata={_CHOICES: allowed})
+
+
+def at_least(default: int, minimum: int = 1) -> Any:
+    """An integer field ``>= minimum``."""
+    return field(default=default, metadata={_MIN_INT: minimum})
+
+
+def within(default: float, lo: float, hi: float) -> Any:
+    """A number field in ``[lo, hi]``."""
+    return field(default=default, metadata={_RANGE: (lo, hi)})
+
+
+def _encoder_names() -> tuple[str, ...]:
+    from tune_app.models.catalog import ENCODER_CATALOG
+
+    return tuple(ENCODER_CATALOG)
+
+
+def _search_spaces() -> list[str]:
+    from searchspaces import available_spaces
+
+    return available_spaces()
+
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the key and the allowed values."""
@@ -52,17 +98,17 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Encoder from the catalog plus the two heads."""
 
-    name: str = "tiny"
+    name: str = one_of("tiny", _encoder_names)
     revision: str | None = None
-    criteria_head: str = "linear"
-    evidence_head: str = "start_end_linear"
-    pooling: str = "cls"
-    head_hidden: int = 128
-    dropout: float = 0.1
+    criteria_head: str = one_of("linear", catalog.CRITERIA_HEADS)
+    evidence_head: str = one_of("start_end_linear", catalog.EVIDENCE_HEADS)
+    pooling: str = one_of("cls", catalog.POOLINGS)
+    head_hidden: int = at_least(128)
+    dropout: float = within(0.1, 0.0, 0.9)
     gradient_checkpointing: bool = False
-    coupling: str = "independent"  # independent | coupled
-    coupling_method: str = "concat"  # concat | add | mean | weighted_sum | weighted_mean
-    coupling_pooling: str = "mean"  # mean | max | attention
+    coupling: str = one_of("independent", catalog.COUPLINGS)
+    coupling_method: str = one_of("concat", catalog.COUPLING_METHODS)
+    coupling_pooling: str = one_of("mean", catalog.COUPLING_POOLINGS)
 
 
 @dataclass
@@ -70,20 +116,20 @@ class DataConfig:
     """Where the posts come from, how they are split and encoded."""
 
     name: str = "synthetic"
-    source: str = "synthetic"  # synthetic | local | hub
+    source: str = one_of("synthetic", DATA_SOURCES)
     hub_id: str = "irlab-udc/redsm5"
     revision: str | None = None
     path: str | None = None
-    num_posts: int = 400
+    num_posts: int = at_least(400, 20)
     synthetic_seed: int = 13
     split_ratios: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
     split_seed: int = 42
-    input_format: str = "multi_label"  # multi_label | binary_pairs
+    input_format: str = one_of("multi_label", INPUT_FORMATS)
     include_no_symptoms: bool = True
-    special_case_policy: str = "drop"  # drop | negative | error
-    max_length: int = 128
-    long_text: str = "truncate"  # truncate | sliding_window
-    stride: int = 32
+    special_case_policy: str = one_of("drop", SPECIAL_CASE_POLICIES)
+    max_length: int = at_least(128, 16)
+    long_text: str = one_of("truncate", LONG_TEXT_MODES)
+    stride: int = at_least(32, 0)
 
 
 @dataclass
@@ -91,9 +137,9 @@ class RetentionConfig:
     """What checkpoints to keep (see ``tune_app.checkpoints.retention``)."""
 
     name: str = "default"
-    keep_last_n: int = 1
-    keep_best_k: int = 1
-    keep_best_k_max: int = 2
+    keep_last_n: int = at_least(1, 0)
+    keep_best_k: int = at_least(1)
+    keep_best_k_max: int = at_least(2)
     #: False: a kept checkpoint that is no longer a resume point (a study best of an ended
     #: trial, a running trial's older ones) loses its optimiser and scheduler state (about
     #: 2/3 of an AdamW checkpoint); evaluation needs only the weights. Opt-in for now: the
@@ -109,24 +155,24 @@ class RetentionConfig:
 class TuneSection:
     """The study: how many trials, how long, what to optimise, where results go."""
 
-    num_samples: int = 4
-    max_epochs: int = 4
-    metric: str = "val_macro_f1"
+    num_samples: int = at_least(4)
+    max_epochs: int = at_least(4)
+    metric: str = one_of("val_macro_f1", OPTIMISABLE_METRICS)
     mode: str = "max"
     storage_path: str = "experiments"
     name: str = "redsm5_study"
     sampler_seed: int = 0
-    n_startup_trials: int = 2
+    n_startup_trials: int = at_least(2, 0)
     reuse_actors: bool = True  # one worker process runs the study's trials one after another
     verbose: int = 1
     cpus_per_trial: float | str = "all"  # "all": every CPU Ray sees (trials run one at a time)
     gpus_per_trial: float = -1.0  # -1: one GPU when CUDA is available, else 0
     include_dashboard: bool = False
     # Early stopping (tune_app/early_stopping.py); validated in _validate_early_stopping.
-    scheduler: str = "asha"  # fifo | asha | median
+    scheduler: str = one_of("asha", SCHEDULERS)
     grace_period: int = 1  # asha, median: epochs every trial trains before it may be stopped (<= max_epochs used)
     reduction_factor: float = 3.0  # asha: about 1 in reduction_factor trials passes each rung
-    min_samples: int = 3  # median: other trials needed at an epoch before the rule stops anything
+    min_samples: int = at_least(3)  # median: other trials needed at an epoch before the rule stops anything
     # The encoder as a search dimension: model configs (configs/model/<name>.yaml) a search space
     # samples the key ``model`` from; empty = every trial uses the study's ``model=``.
     encoders: list[str] = field(default_factory=list)
@@ -136,31 +182,31 @@ class TuneSection:
 class TrainConfig:
     """Defaults for training knobs; a search space may override any of them."""
 
-    batch_size: int = 8
+    batch_size: int = at_least(8)
     lr: float = 5e-3
-    epochs: int = 0  # this trial's epochs; 0 = the study's tune.max_epochs (the most a trial may run)
-    seed_policy: str = "study"  # study: every trial uses the study seed | per_trial: derived from its params
+    epochs: int = at_least(0, 0)  # this trial's epochs; 0 = the study's tune.max_epochs (the most a trial may run)
+    seed_policy: str = one_of("study", SEED_POLICIES)  # study: the study seed | per_trial: derived from its params
     weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    evidence_weight: float = 0.5
-    criteria_loss: str = "weighted_bce"
-    label_smoothing: float = 0.0
-    focal_gamma: float = 2.0
-    hybrid_alpha: float = 0.5
-    optimizer: str = "adamw"
-    scheduler: str = "linear"  # linear | cosine
-    layerwise_lr_decay: float = 1.0  # 1.0 = off
-    head_lr_multiplier: float = 1.0  # heads' LR = lr * this
-    grad_accumulation_steps: int = 1
-    fgm_epsilon: float = 0.0  # 0 = no adversarial perturbation
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast on CUDA; see PRECISIONS)
+    warmup_ratio: float = within(0.1, 0.0, 0.5)
+    evidence_weight: float = within(0.5, 0.0, 10.0)
+    criteria_loss: str = one_of("weighted_bce", catalog.CRITERIA_LOSSES)
+    label_smoothing: float = within(0.0, 0.0, 0.2)
+    focal_gamma: float = within(2.0, 0.0, 5.0)
+    hybrid_alpha: float = within(0.5, 0.0, 1.0)
+    optimizer: str = one_of("adamw", OPTIMIZERS)
+    scheduler: str = one_of("linear", LR_SCHEDULES)
+    layerwise_lr_decay: float = within(1.0, 0.5, 1.0)  # 1.0 = off
+    head_lr_multiplier: float = within(1.0, 0.1, 100.0)  # heads' LR = lr * this
+    grad_accumulation_steps: int = at_least(1)
+    fgm_epsilon: float = within(0.0, 0.0, 5.0)  # 0 = no adversarial perturbation
+    precision: str = one_of("auto", PRECISIONS)  # autocast on CUDA (see PRECISIONS)
     max_grad_norm: float = 1.0
-    crf_lr_multiplier: float = 1.0  # bio_crf: CRF transitions' LR = heads' LR * this
-    crf_loss_reduction: str = "token_mean"  # bio_crf: NLL / valid tokens | slot_mean: / evidence slots
-    num_workers: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    crf_lr_multiplier: float = within(1.0, 0.1, 1000.0)  # bio_crf: CRF transitions' LR = heads' LR * this
+    crf_loss_reduction: str = one_of("token_mean", catalog.CRF_LOSS_REDUCTIONS)  # token_mean: NLL / valid tokens | slot_mean: / evidence slots
+    num_workers: int = at_least(0, 0)
+    device: str = one_of("auto", DEVICES)
     deterministic: bool = True
-    threshold: float = 0.5
+    threshold: float = within(0.5, 0.0, 1.0)
 
 
 @dataclass
@@ -168,8 +214,8 @@ class AugmentConfig:
     """Evidence-only TextAttack augmentation of the training split (off by default)."""
 
     enabled: bool = False
-    method: str = "synonym"  # synonym | insert | swap | char_perturb | back_translation
-    probability: float = 0.0  # per example, 0.0-0.5
+    method: str = one_of("synonym", AUGMENT_METHODS)
+    probability: float = within(0.0, 0.0, 0.5)  # per example
 
 
 @dataclass
@@ -179,7 +225,7 @@ class TrackingConfig:
     tracking_uri: str | None = None
     experiment_name: str | None = None
     buffer_warn_mb: float = 100.0
-    close_timeout_s: float = 120.0  # at the study's end, retry an unreachable store this long (then it stays buffered)
+    close_timeout_s: float = within(120.0, 0.0, 86400.0)  # at the study's end, retry an unreachable store this long (then it stays buffered)
     log_max_bytes: int = 1_000_000_000
     log_backup_count: int = 14
 
@@ -189,8 +235,8 @@ class EvaluationConfig:
     """End-of-study test evaluation and calibration."""
 
     on_finish: bool = True
-    threshold_strategy: str = "per_criterion"  # per_criterion | global
-    max_span_tokens: int = 64  # longest evidence span decoded (validation and test alike)
+    threshold_strategy: str = one_of("per_criterion", THRESHOLD_STRATEGIES)
+    max_span_tokens: int = at_least(64)  # longest evidence span decoded (validation and test alike)
 
 
 @dataclass
@@ -205,7 +251,7 @@ class AppConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    searchspace: str = "small"
+    searchspace: str = one_of("small", _search_spaces)
     seed: int = 0
     resume: str | None = None
     #: Derived, not set by hand: for each name in ``tune.encoders``, the sections its model config
@@ -630,30 +676,30 @@ def _fraction(key: str, value: Any, lo: float = 0.0, hi: float = 1.0) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: must be a number in [{lo}, {hi}]")
 
 
-def validate(cfg: AppConfig) -> None:
-    """Check every value a run depends on; raise ``ConfigError`` on the first problem."""
-    from searchspaces import available_spaces
-    from tune_app.models import catalog
+def _check_fields(obj: Any, prefix: str = "") -> None:
+    """Each field's own constraint, read from its metadata (:func:`one_of`, :func:`at_least`,
+    :func:`within`), section by section."""
+    for spec in dataclasses.fields(obj):
+        value, key = getattr(obj, spec.name), f"{prefix}{spec.name}"
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, f"{key}.")
+        elif _CHOICES in spec.metadata:
+            allowed = spec.metadata[_CHOICES]
+            _choice(key, value, tuple(allowed() if callable(allowed) else allowed))
+        elif _MIN_INT in spec.metadata:
+            _positive_int(key, value, spec.metadata[_MIN_INT])
+        elif _RANGE in spec.metadata:
+            _fraction(key, value, *spec.metadata[_RANGE])
 
-    _choice("model.name", cfg.model.name, tuple(catalog.ENCODER_CATALOG))
-    _choice("model.criteria_head", cfg.model.criteria_head, catalog.CRITERIA_HEADS)
-    _choice("model.evidence_head", cfg.model.evidence_head, catalog.EVIDENCE_HEADS)
-    _choice("model.pooling", cfg.model.pooling, catalog.POOLINGS)
-    _choice("model.coupling", cfg.model.coupling, catalog.COUPLINGS)
-    _choice("model.coupling_method", cfg.model.coupling_method, catalog.COUPLING_METHODS)
-    _choice("model.coupling_pooling", cfg.model.coupling_pooling, catalog.COUPLING_POOLINGS)
-    _choice("train.criteria_loss", cfg.train.criteria_loss, catalog.CRITERIA_LOSSES)
-    _fraction("train.focal_gamma", cfg.train.focal_gamma, 0.0, 5.0)
-    _fraction("train.hybrid_alpha", cfg.train.hybrid_alpha, 0.0, 1.0)
-    _choice("train.optimizer", cfg.train.optimizer, ("adamw", "radam"))
-    _choice("train.scheduler", cfg.train.scheduler, ("linear", "cosine"))
-    _fraction("train.layerwise_lr_decay", cfg.train.layerwise_lr_decay, 0.5, 1.0)
-    _fraction("train.head_lr_multiplier", cfg.train.head_lr_multiplier, 0.1, 100.0)
-    _positive_int("train.grad_accumulation_steps", cfg.train.grad_accumulation_steps)
-    _fraction("train.fgm_epsilon", cfg.train.fgm_epsilon, 0.0, 5.0)
-    _choice("train.precision", cfg.train.precision, PRECISIONS)
-    _choice("augment.method", cfg.augment.method, ("synonym", "insert", "swap", "char_perturb", "back_translation"))
-    _fraction("augment.probability", cfg.augment.probability, 0.0, 0.5)
+
+def validate(cfg: AppConfig) -> None:
+    """Check every value a run depends on; raise ``ConfigError`` on the first problem.
+
+    Each key's own allowed values or range is part of its field (the schema, above); what
+    is checked here by hand is what one key cannot say alone: keys that depend on each
+    other, paths, secrets, and the tracking store.
+    """
+    _check_fields(cfg)
     if cfg.augment.enabled:
         from tune_app.data.augment import check_method_available
 
@@ -661,11 +707,6 @@ def validate(cfg: AppConfig) -> None:
             check_method_available(cfg.augment.method)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    _choice("evaluation.threshold_strategy", cfg.evaluation.threshold_strategy, ("per_criterion", "global"))
-    _positive_int("evaluation.max_span_tokens", cfg.evaluation.max_span_tokens)
-    _fraction("model.dropout", cfg.model.dropout, 0.0, 0.9)
-    _positive_int("model.head_hidden", cfg.model.head_hidden)
-    _choice("data.source", cfg.data.source, ("synthetic", "local", "hub"))
     if cfg.data.source == "local" and not cfg.data.path:
         raise ConfigError("data.source=local needs data.path=<dir holding redsm5_posts.csv and redsm5_annotations.csv>")
     _check_redacted(cfg)
@@ -676,23 +717,14 @@ def validate(cfg: AppConfig) -> None:
     if cfg.data.path and not Path(cfg.data.path).expanduser().is_dir():
         raise ConfigError(f"data.path={cfg.data.path!r} is not a directory; point it at a folder with "
                           "redsm5_posts.csv and redsm5_annotations.csv")
-    _choice("data.input_format", cfg.data.input_format, ("multi_label", "binary_pairs"))
-    _choice("data.special_case_policy", cfg.data.special_case_policy, ("drop", "negative", "error"))
-    _choice("data.long_text", cfg.data.long_text, ("truncate", "sliding_window"))
-    _positive_int("data.num_posts", cfg.data.num_posts, 20)
-    _positive_int("data.max_length", cfg.data.max_length, 16)
-    _positive_int("data.stride", cfg.data.stride, 0)
     if cfg.data.stride >= cfg.data.max_length:
         raise ConfigError(f"data.stride={cfg.data.stride} must be smaller than data.max_length={cfg.data.max_length}")
     ratios = list(cfg.data.split_ratios)
     if len(ratios) != 3 or any(not isinstance(r, int | float) or r <= 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
         raise ConfigError(f"data.split_ratios={ratios} is invalid: three positive numbers "
                           "(train, validation, test) that sum to 1")
-    _positive_int("retention.keep_last_n", cfg.retention.keep_last_n, 0)
-    _positive_int("retention.keep_best_k_max", cfg.retention.keep_best_k_max, 1)
     if cfg.retention.keep_best_k_max > 2:
         raise ConfigError(f"retention.keep_best_k_max={cfg.retention.keep_best_k_max} exceeds the hard cap 2")
-    _positive_int("retention.keep_best_k", cfg.retention.keep_best_k, 1)
     if cfg.retention.keep_best_k > cfg.retention.keep_best_k_max:
         raise ConfigError(f"retention.keep_best_k={cfg.retention.keep_best_k} is invalid: must be between 1 and "
                           f"retention.keep_best_k_max={cfg.retention.keep_best_k_max}")
@@ -700,9 +732,6 @@ def validate(cfg: AppConfig) -> None:
         raise ConfigError(f"retention.max_total_size_gb={cfg.retention.max_total_size_gb} must be > 0")
     if not cfg.retention.monitor_interval_s > 0:
         raise ConfigError(f"retention.monitor_interval_s={cfg.retention.monitor_interval_s} must be > 0")
-    _positive_int("tune.num_samples", cfg.tune.num_samples)
-    _positive_int("tune.max_epochs", cfg.tune.max_epochs)
-    _choice("tune.metric", cfg.tune.metric, OPTIMISABLE_METRICS)
     if cfg.tune.mode != "max":
         raise ConfigError(f"tune.mode={cfg.tune.mode!r} is not allowed; allowed values: max "
                           f"(every optimisable metric is higher-is-better: {', '.join(OPTIMISABLE_METRICS)})")
@@ -712,24 +741,11 @@ def validate(cfg: AppConfig) -> None:
     if not cfg.tune.name or "/" in cfg.tune.name or cfg.tune.name in {".", ".."}:
         raise ConfigError(f"tune.name={cfg.tune.name!r} is invalid: a folder name without '/'")
     _check_no_secret_in_folder(cfg)
-    _positive_int("tune.n_startup_trials", cfg.tune.n_startup_trials, 0)
-    _choice("searchspace", cfg.searchspace, available_spaces())
-    _positive_int("train.batch_size", cfg.train.batch_size)
     if not (isinstance(cfg.train.lr, int | float) and 0 < cfg.train.lr < 1):
         raise ConfigError(f"train.lr={cfg.train.lr!r} is invalid: must be a number in (0, 1)")
-    _fraction("train.warmup_ratio", cfg.train.warmup_ratio, 0.0, 0.5)
-    _fraction("train.evidence_weight", cfg.train.evidence_weight, 0.0, 10.0)
-    _fraction("train.label_smoothing", cfg.train.label_smoothing, 0.0, 0.2)
-    _fraction("train.threshold", cfg.train.threshold, 0.0, 1.0)
-    _choice("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
-    _positive_int("train.num_workers", cfg.train.num_workers, 0)
-    _positive_int("train.epochs", cfg.train.epochs, 0)
     if cfg.train.epochs > cfg.tune.max_epochs:
         raise ConfigError(f"train.epochs={cfg.train.epochs} is invalid: must be between 1 and tune.max_epochs="
                           f"{cfg.tune.max_epochs} (or 0 for tune.max_epochs); raise tune.max_epochs to train longer")
-    _choice("train.seed_policy", cfg.train.seed_policy, SEED_POLICIES)
-    _fraction("train.crf_lr_multiplier", cfg.train.crf_lr_multiplier, 0.1, 1000.0)
-    _choice("train.crf_loss_reduction", cfg.train.crf_loss_reduction, catalog.CRF_LOSS_REDUCTIONS)
     cpus = cfg.tune.cpus_per_trial
     if cpus != "all" and (isinstance(cpus, bool) or not isinstance(cpus, int | float) or not cpus > 0):
         raise ConfigError(f"tune.cpus_per_trial={cpus!r} is invalid: \"all\" (every CPU; the default) "
@@ -758,17 +774,17 @@ def _validate_encoders(cfg: AppConfig) -> None:
         if name not in encoders or not isinstance(sections, dict) or not isinstance(sections.get("model"), dict):
             raise ConfigError(f"encoder_configs.{name} does not match tune.encoders={encoders}: it is derived from "
                               "tune.encoders when the config is composed; remove encoder_configs")
-        _from_mapping(ModelConfig, dict(sections["model"]), f"encoder_configs.{name}.model.")
+        prefix = f"encoder_configs.{name}.model."
+        _check_fields(_from_mapping(ModelConfig, dict(sections["model"]), prefix), prefix)
 
 
 def _validate_tracking(cfg: AppConfig) -> None:
-    """``tracking.tracking_uri``: a store MLflow can open (issue 14); ``tracking.close_timeout_s`` >= 0."""
+    """``tracking.tracking_uri``: a store MLflow can open."""
     from tune_app.tracking.uri import tracking_uri_problem
 
     problem = tracking_uri_problem(cfg.tracking.tracking_uri)
     if problem:
         raise ConfigError(problem)
-    _fraction("tracking.close_timeout_s", cfg.tracking.close_timeout_s, 0.0, 86400.0)
 
 
 def _check_no_secret_in_folder(cfg: AppConfig) -> None:
@@ -805,7 +821,6 @@ def _check_redacted(cfg: AppConfig) -> None:
 def _validate_early_stopping(cfg: AppConfig) -> None:
     """``tune.scheduler`` and its knobs (issue 12)."""
     t = cfg.tune
-    _choice("tune.scheduler", t.scheduler, SCHEDULERS)
     if isinstance(t.grace_period, bool) or not isinstance(t.grace_period, int) or t.grace_period < 1:
         raise ConfigError(f"tune.grace_period={t.grace_period!r} is invalid: must be an integer >= 1 (epochs every "
                           "trial trains before it may be stopped; above tune.max_epochs it is tune.max_epochs)")
@@ -813,7 +828,6 @@ def _validate_early_stopping(cfg: AppConfig) -> None:
             or not 1 < float(t.reduction_factor) <= 100:
         raise ConfigError(f"tune.reduction_factor={t.reduction_factor!r} is invalid: must be a number in (1, 100] "
                           "(asha: about 1 in reduction_factor trials passes each rung; 3 or 4 are usual)")
-    _positive_int("tune.min_samples", t.min_samples)
 
 
 def load_study_config(study_dir: Path) -> AppConfig:

@@ -27,12 +27,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tune_app.config import AUGMENT_METHODS
 from tune_app.data.nltk_setup import INSTALL_HINT, import_textattack, missing_resources
 from tune_app.data.schema import EvidenceSpan, Post
 
 logger = logging.getLogger(__name__)
 
-AUGMENT_METHODS: tuple[str, ...] = ("synonym", "insert", "swap", "char_perturb", "back_translation")
 #: Methods that need WordNet (``synonym``: WordNet synonym swap; ``insert``: insert a
 #: WordNet synonym of a word of the sentence).
 WORDNET_METHODS: frozenset[str] = frozenset({"synonym", "insert"})

@@ -26,8 +26,7 @@ import torch
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
-OPTIMIZERS: tuple[str, ...] = ("adamw", "radam")
-SCHEDULERS: tuple[str, ...] = ("linear", "cosine")
+from tune_app.config import LR_SCHEDULES, OPTIMIZERS
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:encoder|transformer)\.layer\.(\d+)\.")
 _CRF_RE = re.compile(r"(?:^|\.)crf\.")
@@ -152,4 +151,4 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, name: str, warmup_ratio
         return get_linear_schedule_with_warmup(optimizer, warmup, total)
     if name == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, warmup, total)
-    raise ValueError(f"unknown scheduler '{name}'; allowed: {', '.join(SCHEDULERS)}")
+    raise ValueError(f"unknown scheduler '{name}'; allowed: {', '.join(LR_SCHEDULES)}")
