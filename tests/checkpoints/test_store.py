@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from tests.checkpoints.forking import kill_forked_loop
 from tune_app.checkpoints import store
+from tune_app.checkpoints.resume import find_resumable_checkpoint
 from tune_app.checkpoints.store import (
     CheckpointWriteError,
     CorruptCheckpointError,
@@ -32,7 +33,6 @@ from tune_app.checkpoints.store import (
     check_compat,
     dir_nbytes,
     estimate_checkpoint_bytes,
-    find_resumable_checkpoint,
     is_tombstone,
     load_checkpoint,
     prune_checkpoint,
@@ -307,7 +307,7 @@ def test_find_resumable_ignores_tmp_and_falls_back(
 
     bad = tmp_path / "checkpoint_000003" / "model.safetensors"
     _flip_byte(bad, bad.stat().st_size - 1)
-    with caplog.at_level(logging.ERROR, logger="tune_app.checkpoints.store"):
+    with caplog.at_level(logging.ERROR, logger="tune_app.checkpoints.resume"):
         found = find_resumable_checkpoint(tmp_path)
     assert found == tmp_path / "checkpoint_000002"
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]

@@ -1,8 +1,8 @@
 """The one owner of a study's checkpoint bytes on disk: one scan, one deleter.
 
-:func:`scan_checkpoints` is the only reader that turns a study folder into checkpoint
-records (the retention callback after a restore, the trainable's pre-save reclaim, the
-cleanup command). :class:`CheckpointKeeper` is the only code that deletes checkpoint bytes:
+:func:`scan_checkpoints` (:func:`scan_trial_checkpoints` per trial) is the only reader that
+turns a study folder into checkpoint records (the retention callback after a restore, the
+trainable's pre-save reclaim, the cleanup command, where a trial resumes, the reports). :class:`CheckpointKeeper` is the only code that deletes checkpoint bytes:
 it tombstones checkpoints (``store.prune_checkpoint``: the folder stays for Ray Tune, with a
 ``PRUNED`` marker), drops the optimiser state of checkpoints kept only to be evaluated
 (``store.demote_checkpoint``: study bests that are not a running trial's resume point),
@@ -49,7 +49,8 @@ from tune_app.checkpoints.store import (
 )
 from tune_app.outcome import trial_ended
 
-__all__ = ["CheckpointKeeper", "ScannedCheckpoint", "Verify", "checkpoint_score", "scan_checkpoints"]
+__all__ = ["CheckpointKeeper", "ScannedCheckpoint", "Verify", "checkpoint_score", "scan_checkpoints",
+           "scan_trial_checkpoints"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,42 +90,52 @@ class ScannedCheckpoint:
 
 
 def scan_checkpoints(study_dir: Path | str, metric: str, *, verify: Verify = "none") -> list[ScannedCheckpoint]:
-    """Every ``<study>/<trial>/checkpoint_*`` folder, trial by trial in name order; a valid
-    one as a retention record (score = its ``metric``; finished = the trial has ended,
-    ``outcome.trial_ended``; unknown counts as running, which keeps its resume point)."""
-    found: list[ScannedCheckpoint] = []
+    """Every ``<study>/<trial>/checkpoint_*`` folder, trial by trial in name order
+    (:func:`scan_trial_checkpoints` for each trial folder)."""
     study = Path(study_dir)
     if not study.is_dir():
+        return []
+    return [found for trial_dir in sorted(p for p in study.iterdir() if p.is_dir() and not p.name.startswith(TMP_PREFIX))
+            for found in scan_trial_checkpoints(trial_dir, metric, verify=verify)]
+
+
+def scan_trial_checkpoints(trial_dir: Path | str, metric: str | None = None, *,
+                           verify: Verify = "none") -> list[ScannedCheckpoint]:
+    """A trial's ``checkpoint_*`` folders, oldest first, each classified (``ScannedCheckpoint.kind``);
+    a valid one as a retention record (score = its ``metric``, None without one; finished =
+    the trial has ended, ``outcome.trial_ended``; unknown counts as running, which keeps its
+    resume point). The one reader of what a trial folder holds: retention, cleanup, resume
+    and the reports all ask it."""
+    trial_dir = Path(trial_dir)
+    found: list[ScannedCheckpoint] = []
+    if not trial_dir.is_dir():
         return found
-    for trial_dir in sorted(p for p in study.iterdir() if p.is_dir() and not p.name.startswith(TMP_PREFIX)):
-        finished: bool | None = None
-        for ckpt in sorted(trial_dir.iterdir()):
-            index = checkpoint_index(ckpt)
-            if index is None or not ckpt.is_dir():
-                continue
-            if is_tombstone(ckpt):
-                if any(e.name != PRUNED_FILE for e in ckpt.iterdir()):
-                    found.append(ScannedCheckpoint(ckpt, "half_pruned",
-                                                   dir_nbytes(ckpt) - dir_nbytes(ckpt / PRUNED_FILE)))
-                else:
-                    found.append(ScannedCheckpoint(ckpt, "tombstone", dir_nbytes(ckpt)))
-                continue
-            if verify == "none":
-                if not (ckpt / STATE_FILE).is_file():
-                    found.append(ScannedCheckpoint(ckpt, "incomplete", dir_nbytes(ckpt), problem="no state.json"))
-                    continue
+    folders = sorted((index, entry) for entry in trial_dir.iterdir()
+                     if (index := checkpoint_index(entry)) is not None and entry.is_dir())
+    finished: bool | None = None
+    for index, ckpt in folders:
+        if is_tombstone(ckpt):
+            if any(e.name != PRUNED_FILE for e in ckpt.iterdir()):
+                found.append(ScannedCheckpoint(ckpt, "half_pruned", dir_nbytes(ckpt) - dir_nbytes(ckpt / PRUNED_FILE)))
             else:
-                check = verify_checkpoint(ckpt, check_hashes=verify == "hashes")
-                if not check.ok:
-                    what = f"{check.bad_file}: {check.problem}" if check.bad_file else str(check.problem)
-                    found.append(ScannedCheckpoint(ckpt, "corrupt", dir_nbytes(ckpt), problem=what))
-                    continue
-            if finished is None:
-                finished = trial_ended(trial_dir)
-            size = dir_nbytes(ckpt)
-            found.append(ScannedCheckpoint(ckpt, "valid", size, CheckpointRecord(
-                trial_id=trial_dir.name, path=str(ckpt), index=index, score=checkpoint_score(ckpt, metric),
-                size_bytes=size, trial_finished=finished)))
+                found.append(ScannedCheckpoint(ckpt, "tombstone", dir_nbytes(ckpt)))
+            continue
+        if verify == "none":
+            if not (ckpt / STATE_FILE).is_file():
+                found.append(ScannedCheckpoint(ckpt, "incomplete", dir_nbytes(ckpt), problem="no state.json"))
+                continue
+        else:
+            check = verify_checkpoint(ckpt, check_hashes=verify == "hashes")
+            if not check.ok:
+                what = f"{check.bad_file}: {check.problem}" if check.bad_file else str(check.problem)
+                found.append(ScannedCheckpoint(ckpt, "corrupt", dir_nbytes(ckpt), problem=what))
+                continue
+        if finished is None:
+            finished = trial_ended(trial_dir)
+        size = dir_nbytes(ckpt)
+        found.append(ScannedCheckpoint(ckpt, "valid", size, CheckpointRecord(
+            trial_id=trial_dir.name, path=str(ckpt), index=index,
+            score=checkpoint_score(ckpt, metric) if metric else None, size_bytes=size, trial_finished=finished)))
     return found
 
 

@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tune_app.checkpoints.keeper import scan_trial_checkpoints
 from tune_app.checkpoints.store import (
-    find_resumable_checkpoint,
+    PRUNED_FILE,
+    checkpoint_index,
     is_tombstone,
     read_trainer_state,
     verify_checkpoint,
@@ -63,6 +65,38 @@ def checkpoint_dir_name(index: int) -> str:
 
 def _epoch(state: dict[str, Any]) -> int:
     return int(state["epoch"])
+
+
+def find_resumable_checkpoint(trial_dir: Path, *, preferred: Path | None = None) -> Path | None:
+    """Newest valid checkpoint of a trial, falling back past invalid ones.
+
+    Candidates are the trial's ``checkpoint_*`` folders (``keeper.scan_trial_checkpoints``;
+    ``tmp-*`` never), newest first. With ``preferred`` (Tune's latest), the search starts
+    there: it and anything older. Each invalid candidate is logged (ERROR for a corrupt one
+    naming the file and problem, WARNING for a pruned tombstone). Returns None when no
+    candidate verifies (hashes checked).
+    """
+    found = [(checkpoint_index(s.path), s.path) for s in scan_trial_checkpoints(trial_dir)]
+    newest_first = [(i, p) for i, p in reversed(found) if i is not None]
+    candidates = [p for _, p in newest_first]
+    if preferred is not None:
+        preferred = Path(preferred)
+        limit = checkpoint_index(preferred)
+        if limit is None:
+            logger.error("preferred checkpoint %s has no checkpoint_<n> name; ignoring it", preferred)
+        else:
+            candidates = [preferred, *(p for i, p in newest_first if i <= limit and p.resolve() != preferred.resolve())]
+    for candidate in candidates:
+        check = verify_checkpoint(candidate)
+        if check.ok:
+            return candidate
+        if check.bad_file == PRUNED_FILE:
+            logger.warning("skipping %s: %s", candidate, check.problem)
+        else:
+            where = candidate / check.bad_file if check.bad_file else candidate
+            logger.error("checkpoint %s is not loadable: %s: %s; falling back to the previous one",
+                         candidate, where, check.problem)
+    return None
 
 
 def plan_resume(trial_dir: Path, *, tune_checkpoint: Path | None, next_index: int) -> ResumePlan:

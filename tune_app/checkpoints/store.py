@@ -71,7 +71,6 @@ __all__ = [
     "demote_checkpoint",
     "dir_nbytes",
     "estimate_checkpoint_bytes",
-    "find_resumable_checkpoint",
     "is_tombstone",
     "is_weights_only",
     "load_checkpoint",
@@ -838,53 +837,6 @@ def checkpoint_index(path: Path) -> int | None:
     """The number in ``checkpoint_000003`` (3), or None for other names."""
     match = CHECKPOINT_DIR_RE.match(Path(path).name)
     return int(match.group(1)) if match else None
-
-
-def find_resumable_checkpoint(
-    trial_dir: Path, *, preferred: Path | None = None, logger: logging.Logger = _LOG
-) -> Path | None:
-    """Newest valid checkpoint of a trial, falling back past invalid ones.
-
-    Candidates are ``checkpoint_*`` directories of ``trial_dir`` (``tmp-*`` never),
-    newest first by index. With ``preferred`` (Tune's latest), the search starts
-    there: it and anything older. Each invalid candidate is logged (ERROR for a
-    corrupt one naming the file and problem, WARNING for a pruned tombstone).
-    Returns None when no candidate verifies.
-    """
-    trial_dir = Path(trial_dir)
-    found: list[tuple[int, Path]] = []
-    if trial_dir.is_dir():
-        for entry in trial_dir.iterdir():
-            idx = checkpoint_index(entry)
-            if idx is not None and entry.is_dir():
-                found.append((idx, entry))
-    found.sort(key=lambda item: item[0], reverse=True)
-    candidates = [p for _, p in found]
-    if preferred is not None:
-        preferred = Path(preferred)
-        limit = checkpoint_index(preferred)
-        if limit is None:
-            logger.error(
-                "preferred checkpoint %s has no checkpoint_<n> name; ignoring it", preferred
-            )
-        else:
-            older = [p for i, p in found if i <= limit and p.resolve() != preferred.resolve()]
-            candidates = [preferred, *older]
-    for candidate in candidates:
-        check = verify_checkpoint(candidate)
-        if check.ok:
-            return candidate
-        if check.bad_file == PRUNED_FILE:
-            logger.warning("skipping %s: %s", candidate, check.problem)
-        else:
-            where = candidate / check.bad_file if check.bad_file else candidate
-            logger.error(
-                "checkpoint %s is not loadable: %s: %s; falling back to the previous one",
-                candidate,
-                where,
-                check.problem,
-            )
-    return None
 
 
 # --------------------------------------------------------------------------- RNG

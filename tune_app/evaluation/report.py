@@ -139,22 +139,21 @@ def _trial_id(trial_dir: Path) -> str:
 
 
 def read_checkpoints(trial_dir: Path, metric: str) -> list[CheckpointInfo]:
-    """The trial's ``checkpoint_N`` folders in order, each live (verifiable), pruned or invalid."""
-    from tune_app.checkpoints.store import checkpoint_index, is_tombstone, verify_checkpoint
+    """The trial's ``checkpoint_N`` folders in order (``keeper.scan_trial_checkpoints``), each
+    live (verifies), pruned or invalid."""
+    from tune_app.checkpoints.keeper import scan_trial_checkpoints
 
     out = []
-    found = [(checkpoint_index(p), p) for p in trial_dir.glob("checkpoint_*") if p.is_dir()]
-    for _idx, path in sorted((i, p) for i, p in found if i is not None):
-        if is_tombstone(path):
-            out.append(CheckpointInfo(path, "pruned"))
+    for found in scan_trial_checkpoints(trial_dir, verify="sizes"):
+        if found.kind in {"tombstone", "half_pruned"}:
+            out.append(CheckpointInfo(found.path, "pruned"))
             continue
-        state = _read_json(path / "state.json")
-        manifest = _read_json(path / "manifest.json")
-        trainer = (state or {}).get("trainer_state") or {}
-        ok = verify_checkpoint(path, check_hashes=False).ok
+        # An invalid one keeps its epoch and score: a corrupt best is reported as skipped.
+        trainer = ((_read_json(found.path / "state.json") or {}).get("trainer_state") or {})
+        manifest = _read_json(found.path / "manifest.json")
         epoch = trainer.get("epoch")
         out.append(CheckpointInfo(
-            path, "live" if ok else "invalid", epoch=epoch if isinstance(epoch, int) else None,
+            found.path, "live" if found.kind == "valid" else "invalid", epoch=epoch if isinstance(epoch, int) else None,
             score=_finite((trainer.get("metrics") or {}).get(metric)),
             model_sha256=(((manifest or {}).get("files") or {}).get("model.safetensors") or {}).get("sha256"),
         ))
