@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -372,13 +371,10 @@ def summarise(records: Sequence[AugmentationRecord], num_posts: int) -> dict[str
 
 def write_records(path: Path, records: Sequence[AugmentationRecord]) -> Path:
     """Write ``records`` as JSON lines to ``path`` atomically (e.g. ``augmentation.jsonl``)."""
+    from tune_app.study import write_text_atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records))
     return path
 
 

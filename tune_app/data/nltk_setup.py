@@ -163,9 +163,9 @@ def _copy_if_changed(src: Path, dst: Path) -> bool:
 def _write_if_changed(path: Path, text: str) -> bool:
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return False
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from tune_app.study import write_text_atomic
+
+    write_text_atomic(path, text)
     return True
 
 

@@ -94,10 +94,15 @@ def replay_order(records: Iterable[Record]) -> list[Record]:
     return creates + meta + ordered + status
 
 
-def _write_lines(path: Path, records: Sequence[Record], mode: str) -> None:
+def _lines(records: Sequence[Record]) -> str:
+    return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+
+
+def _append_lines(path: Path, records: Sequence[Record]) -> None:
+    """Append ``records`` as JSON lines and fsync."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
-    with path.open(mode, encoding="utf-8") as fh:
+    data = _lines(records)
+    with path.open("a", encoding="utf-8") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
@@ -139,7 +144,7 @@ class MetricBuffer:
         """Append and fsync; WARNING once when the file grows past ``warn_bytes``."""
         if not records:
             return
-        _write_lines(self.path, records, "a")
+        _append_lines(self.path, records)
         size = self.size_bytes()
         if size > self.warn_bytes and not self._warned:
             self._warned = True
@@ -149,9 +154,9 @@ class MetricBuffer:
 
     def rewrite(self, records: Sequence[Record]) -> None:
         """Replace the file's content atomically (temp file, fsync, rename)."""
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        _write_lines(tmp, records, "w")
-        os.replace(tmp, self.path)
+        from tune_app.study import write_text_atomic
+
+        write_text_atomic(self.path, _lines(records))
 
     def read(self) -> list[Record]:
         return _read_lines(self.path)
@@ -184,7 +189,7 @@ class RejectedLog:
 
     def add(self, records: Sequence[Record], reason: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        _write_lines(self.path, [{"record": r, "reason": sanitize(reason), "time": stamp} for r in records], "a")
+        _append_lines(self.path, [{"record": r, "reason": sanitize(reason), "time": stamp} for r in records])
 
     def read(self) -> list[Record]:
         return _read_lines(self.path)
