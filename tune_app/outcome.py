@@ -156,6 +156,22 @@ def planned_epochs(params: Mapping[str, Any] | None, max_epochs: int) -> int:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) and value else max_epochs
 
 
+#: Tune's ``Trial.status`` values (strings, so readers need not import Ray).
+TUNE_TERMINATED = "TERMINATED"
+TUNE_ERROR = "ERROR"
+
+
+def tune_ended(status: Any) -> bool:
+    """Tune is done with the trial (``TERMINATED`` or ``ERROR``). Not an outcome: after a
+    SIGINT Tune's in-memory trials read TERMINATED too (see :func:`classify`)."""
+    return status in (TUNE_TERMINATED, TUNE_ERROR)
+
+
+def tune_failed(status: Any) -> bool:
+    """Tune holds the trial in ``ERROR`` (the ``failed`` outcome; ``resume=`` retries it)."""
+    return status == TUNE_ERROR
+
+
 def classify(*, errored: bool, state: Mapping[str, Any], last_epoch: Any, planned: int,
              done: bool = False, study_running: bool = False) -> str:
     """A trial's outcome as the driver sees it after (or during) a study.

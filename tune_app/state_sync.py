@@ -40,6 +40,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from tune_app import outcome
 from tune_app.checkpoints.store import TMP_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -247,11 +248,9 @@ _staging_dropped: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDict
 
 def _drop_ended_trials_staging(controller: Any) -> None:
     """Remove the empty staging folder of each ended trial (once per trial)."""
-    from ray.tune.experiment import Trial
-
     done = _staging_dropped.setdefault(controller, set())
     for trial in controller._trials:
-        if trial.trial_id in done or trial.status not in (Trial.TERMINATED, Trial.ERROR):
+        if trial.trial_id in done or not outcome.tune_ended(trial.status):
             continue
         done.add(trial.trial_id)
         # not empty (an error file), already gone, or no folder yet: it stays

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from tune_app import outcome
 from tune_app.atomic_fs import atomic_storage_filesystem
 from tune_app.config import AppConfig
 
@@ -444,9 +445,6 @@ def summarise(result_grid: Any, cfg: AppConfig) -> StudyOutcome:
     well); else its epochs against its planned epochs (not Tune's status: after a SIGINT its
     in-memory trials read TERMINATED too).
     """
-    from ray.tune.experiment import Trial
-
-    from tune_app import outcome
 
     trials = _tune_trials(result_grid)
     terminated = stopped = 0
@@ -455,7 +453,7 @@ def summarise(result_grid: Any, cfg: AppConfig) -> StudyOutcome:
     for i, result in enumerate(result_grid):
         metrics = result.metrics or {}
         trial = trials[i] if trials else None
-        errored = (trial is not None and trial.status == Trial.ERROR) or result.error is not None
+        errored = (trial is not None and outcome.tune_failed(trial.status)) or result.error is not None
         state = outcome.read_trial_state(result.path) if getattr(result, "path", None) else {}
         kind = outcome.classify(errored=errored, state=state, last_epoch=metrics.get("epoch"),
                                 planned=outcome.planned_epochs(getattr(result, "config", None), cfg.tune.max_epochs),
@@ -493,10 +491,8 @@ def study_status(cfg: AppConfig) -> StudyOutcome:
     from counting as complete: the resume must run it, so its last results reach Tune and
     MLflow (the trainable reports them again).
     """
-    from ray.tune.experiment import Trial
-
     _ray_init(cfg)
     results = restore_tuner(cfg).get_results()
-    outcome = summarise(results, cfg)
-    unseen = [t for t in _tune_trials(results) if t.status not in (Trial.TERMINATED, Trial.ERROR)]
-    return dataclasses.replace(outcome, pending_in_tune=len(unseen))
+    summary = summarise(results, cfg)
+    unseen = [t for t in _tune_trials(results) if not outcome.tune_ended(t.status)]
+    return dataclasses.replace(summary, pending_in_tune=len(unseen))

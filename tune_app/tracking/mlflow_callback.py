@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune.logger import LoggerCallback
 
+from tune_app import outcome
 from tune_app.tracking.buffer import (
     BUFFER_FILE,
     PARENT_RUN_TAG,
@@ -75,8 +76,6 @@ _MLFLOW_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST
 
 def outcome_tags(trial: Trial) -> dict[str, str]:
     """Tags of an ended trial's run: ``tune_app.outcome`` and, when stopped early, at which epoch and why."""
-    from tune_app import outcome
-
     storage = getattr(trial, "storage", None)
     state = outcome.read_trial_state(storage.trial_fs_path) if storage is not None else {}
     record = outcome.stop_record(state)
@@ -338,7 +337,7 @@ class ResumableMLflowLoggerCallback(LoggerCallback):
         if self._writer is None:
             return
         if self._study_run is not None:
-            done = all(t.status in ("TERMINATED", "ERROR") for t in trials)
+            done = all(outcome.tune_ended(t.status) for t in trials)
             if done:
                 self._writer.set_status(self._study_run, "FINISHED")
         self._writer.close(self.close_timeout_s)

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune.callback import Callback
 
+from tune_app import outcome
+
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
@@ -32,7 +34,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("tune_app.progress")
 
 PROGRESS_FILE = "progress.json"
-_FINISHED = ("TERMINATED", "ERROR")
 
 
 def eta_seconds(durations: Sequence[float], remaining: int) -> float | None:
@@ -110,8 +111,6 @@ class StudyProgress:
 
 def trial_was_stopped(trial: Trial) -> bool:
     """The trial's ``trial_state.json`` records an early stop (``tune_app.outcome``)."""
-    from tune_app import outcome
-
     storage = getattr(trial, "storage", None)
     path = getattr(storage, "trial_fs_path", None)
     return isinstance(path, str | Path) and bool(path) and outcome.trial_outcome(path) == outcome.STOPPED
@@ -143,9 +142,9 @@ def study_progress(trials: Sequence[Trial], total: int, metric: str, mode: str,
     best_id: str | None = None
     done = n_stopped = 0
     for index, trial in enumerate(trials, start=1):
-        if trial.status in _FINISHED or trial is finished:
+        if outcome.tune_ended(trial.status) or trial is finished:
             done += 1
-            if trial.status != "ERROR" and (trial.trial_id in stopped if stopped is not None
+            if not outcome.tune_failed(trial.status) and (trial.trial_id in stopped if stopped is not None
                                             else trial_was_stopped(trial)):
                 n_stopped += 1
             seconds = (trial.last_result or {}).get("time_total_s")
@@ -273,11 +272,11 @@ class ProgressCallback(Callback):
         # Which ended trials were stopped early: read once per trial (an ended trial stays ended).
         stopped = self._rt("_stopped", {})
         for trial in trials:
-            if (trial.status == "TERMINATED" or trial is finished) and trial.trial_id not in stopped:
+            if (trial.status == outcome.TUNE_TERMINATED or trial is finished) and trial.trial_id not in stopped:
                 stopped[trial.trial_id] = trial_was_stopped(trial)
         ends: list[float] = self._rt("_ends", [])
         best = {t.trial_id: b for t in trials
-                if (b := self._trial_best(t, t.status in _FINISHED or t is finished)[0]) is not None}
+                if (b := self._trial_best(t, outcome.tune_ended(t.status) or t is finished)[0]) is not None}
         progress = study_progress(trials, self.num_samples, self.metric, self.mode, finished,
                                   stopped={t for t, s in stopped.items() if s}, durations=ends or None, best=best)
         logger.info(progress.line, extra={"progress": asdict(progress), "console": False})
@@ -299,7 +298,7 @@ class ProgressCallback(Callback):
         live = self._live()
         if not live.enabled:
             return
-        done = sum(1 for t in trials if t.status in _FINISHED)
+        done = sum(1 for t in trials if outcome.tune_ended(t.status))
         ends: list[float] = self._rt("_ends", [])
         eta = eta_seconds(ends, self.num_samples - done) if ends else None
         value = result.get(self.metric)

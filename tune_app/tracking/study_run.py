@@ -66,10 +66,10 @@ class StudySummary:
             if known is not None and known.kind is not None and not is_ending:
                 continue
             status = getattr(trial, "status", None)
-            ended = is_ending or status in ("TERMINATED", "ERROR")
+            ended = is_ending or outcome.tune_ended(status)
             self.entries[trial.trial_id] = trial_entry(
                 trial, self.metric, self.mode, ended=ended,
-                failed=(failed if is_ending else status == "ERROR"))
+                failed=(failed if is_ending else outcome.tune_failed(status)))
 
     def best(self) -> tuple[str | None, float | None, int | None]:
         """``(trial id, score, epoch)`` of the best epoch of any trial (ties: the first trial)."""
