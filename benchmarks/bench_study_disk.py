@@ -40,7 +40,7 @@ def simulate(root: Path, trials: int, epochs: int, numel: int, *, retain: bool, 
     peak bytes after each retention pass, the steady state between saves).
     """
     rng = random.Random(seed)
-    keeper = CheckpointKeeper(root, metric="val_macro_f1", mode="max", keep_optimizer_state=not weights_only)
+    keeper = CheckpointKeeper(root, metric="val_macro_f1", keep_optimizer_state=not weights_only)
     keeper._records = {}  # the callback's view: every record comes from a report
     peak = steady = 0
 

@@ -272,7 +272,7 @@ def test_progress_counts_stopped_trials_and_their_shorter_durations_feed_the_eta
 
     trials = [trial("a", "TERMINATED", 30.0, False), trial("b", "TERMINATED", 10.0, True),
               trial("c", "TERMINATED", 10.0, True), trial("d", "RUNNING", 5.0, False)]
-    p = study_progress(trials, 10, METRIC, "max")
+    p = study_progress(trials, 10, METRIC)
     assert (p.done, p.stopped) == (3, 2)
     assert p.mean_trial_s == pytest.approx(50 / 3) and p.eta_s == pytest.approx(50 / 3 * 7)
     assert p.line.startswith("Trial 3/10 (30.0%) | 2 stopped early | best val_macro_f1 0.5 (trial 1)")

@@ -24,12 +24,12 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from ray.tune import Callback
 
 from tune_app.checkpoints.keeper import CheckpointKeeper
-from tune_app.checkpoints.retention import CheckpointRecord, Mode, RetentionPolicy, escalate
+from tune_app.checkpoints.retention import CheckpointRecord, RetentionPolicy, escalate
 from tune_app.checkpoints.store import checkpoint_index, dir_nbytes
 from tune_app.config import AppConfig
 
@@ -50,11 +50,10 @@ STEP_ACTIONS = {1: "prune the running trial's unprotected checkpoints",
 class RetentionCallback(Callback):
     """Decides, after every checkpoint and trial end, which checkpoint bytes stay."""
 
-    def __init__(self, study_dir: Path, *, metric: str, mode: str, policy: RetentionPolicy,
+    def __init__(self, study_dir: Path, *, metric: str, policy: RetentionPolicy,
                  keep_optimizer_state: bool = True) -> None:
         self.study_dir = Path(study_dir)
         self.metric = metric
-        self.mode = mode
         self.base_policy = policy
         self.keep_optimizer_state = keep_optimizer_state
         self.pressure_step = 0
@@ -65,7 +64,7 @@ class RetentionCallback(Callback):
         r = cfg.retention
         policy = RetentionPolicy(keep_last_n=r.keep_last_n, keep_best_k=r.keep_best_k,
                                  keep_best_k_max=r.keep_best_k_max, max_total_size_gb=r.max_total_size_gb)
-        return cls(cfg.study_dir, metric=cfg.tune.metric, mode=cfg.tune.mode, policy=policy,
+        return cls(cfg.study_dir, metric=cfg.tune.metric, policy=policy,
                    keep_optimizer_state=r.keep_optimizer_state)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -79,7 +78,7 @@ class RetentionCallback(Callback):
         """The study's checkpoint owner (the only deleter); made on first use, also after a
         restore (a callback pickled by an older version has none)."""
         if self.__dict__.get("_keeper") is None:
-            self._keeper = CheckpointKeeper(self.study_dir, metric=self.metric, mode=cast(Mode, self.mode),
+            self._keeper = CheckpointKeeper(self.study_dir, metric=self.metric,
                                             keep_optimizer_state=self.__dict__.get("keep_optimizer_state", True))
         assert self._keeper is not None
         return self._keeper

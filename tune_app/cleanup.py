@@ -52,14 +52,13 @@ def _check_config(study: Path) -> AppConfig:
 def scan(study: Path, *, tmp_min_age_s: float) -> CleanupReport:
     """Cleanup report of one study, using its own metric, mode and retention policy."""
     from tune_app.checkpoints.cleanup_scan import scan_study
-    from tune_app.checkpoints.retention import Mode, RetentionPolicy
+    from tune_app.checkpoints.retention import RetentionPolicy
 
     cfg = _check_config(study)
     r = cfg.retention
     policy = RetentionPolicy(keep_last_n=r.keep_last_n, keep_best_k=r.keep_best_k,
                              keep_best_k_max=r.keep_best_k_max, max_total_size_gb=r.max_total_size_gb)
-    mode: Mode = "min" if cfg.tune.mode == "min" else "max"
-    return scan_study(study, metric=cfg.tune.metric, mode=mode, policy=policy, tmp_min_age_s=tmp_min_age_s)
+    return scan_study(study, metric=cfg.tune.metric, policy=policy, tmp_min_age_s=tmp_min_age_s)
 
 
 def format_report(study: Path, report: CleanupReport) -> str:

@@ -31,6 +31,9 @@ OPTIMISABLE_METRICS: tuple[str, ...] = (
     "val_evidence_f1",
     "val_joint_score",
 )
+#: The direction of every optimisable metric: Tune, Optuna, retention, the report and the
+#: console all maximise it (``tune.mode`` can only say so).
+MODE = "max"
 
 #: ``train.seed_policy``: ``study`` = every trial uses the study ``seed``; ``per_trial`` =
 #: a seed derived from the study seed and the trial's sampled params (reproducible).
@@ -158,7 +161,7 @@ class TuneSection:
     num_samples: int = at_least(4)
     max_epochs: int = at_least(4)
     metric: str = one_of("val_macro_f1", OPTIMISABLE_METRICS)
-    mode: str = "max"
+    mode: str = one_of(MODE, (MODE,))  # every optimisable metric is higher-is-better
     storage_path: str = "experiments"
     name: str = "redsm5_study"
     sampler_seed: int = 0
@@ -732,9 +735,6 @@ def validate(cfg: AppConfig) -> None:
         raise ConfigError(f"retention.max_total_size_gb={cfg.retention.max_total_size_gb} must be > 0")
     if not cfg.retention.monitor_interval_s > 0:
         raise ConfigError(f"retention.monitor_interval_s={cfg.retention.monitor_interval_s} must be > 0")
-    if cfg.tune.mode != "max":
-        raise ConfigError(f"tune.mode={cfg.tune.mode!r} is not allowed; allowed values: max "
-                          f"(every optimisable metric is higher-is-better: {', '.join(OPTIMISABLE_METRICS)})")
     if not cfg.tune.storage_path.strip():
         raise ConfigError("tune.storage_path='' is empty: the study would be written into the current folder; "
                           "set a folder, e.g. tune.storage_path=experiments (the default)")

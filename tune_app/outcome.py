@@ -136,16 +136,15 @@ def stopped_final_result(trial_dir: Path | str) -> dict[str, Any] | None:
 
 
 # --- planned epochs and the driver's view ----------------------------------------------
-def best_epoch(history: Sequence[Any], metric: str, mode: str = "max") -> tuple[float | None, int | None]:
+def best_epoch(history: Sequence[Any], metric: str) -> tuple[float | None, int | None]:
     """A trial's best ``metric`` over its epochs (finite values only) and that epoch: the one
     definition of a trial's score, used by the console summary and the study report."""
-    sign = 1.0 if mode == "max" else -1.0
     best: float | None = None
     epoch: int | None = None
     for h in history:
         value = h.get(metric) if isinstance(h, Mapping) else None
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) \
-                and (best is None or sign * value > sign * best):
+                and (best is None or value > best):
             best, epoch = float(value), int(h.get("epoch", 0)) or None
     return best, epoch
 

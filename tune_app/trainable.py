@@ -541,7 +541,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
                     if missed.registers else None)
     projected = estimate_checkpoint_bytes(model, optimizer)
     # Not enough room even after keeping only the study's single best: stop before training.
-    reclaim = study_reclaimer(study_dir, metric=cfg.tune.metric, mode=cfg.tune.mode)
+    reclaim = study_reclaimer(study_dir, metric=cfg.tune.metric)
     ensure_room(study_dir, projected, reclaim)
 
     epoch_times: list[float] = []
@@ -581,7 +581,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
         )
         write_state(state.status)
         write_trial_report(trial_dir, trial_id=ctx.get_trial_id(), metric=cfg.tune.metric,
-                           mode=cfg.tune.mode, params=params)
+                           params=params)
         failpoints.pause("report")  # crash tests: the checkpoint is on disk, Tune has not seen it
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(staging)))
 

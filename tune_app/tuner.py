@@ -25,7 +25,7 @@ from typing import Any
 
 from tune_app import outcome
 from tune_app.atomic_fs import atomic_storage_filesystem
-from tune_app.config import AppConfig
+from tune_app.config import MODE, AppConfig
 
 logger = logging.getLogger(__name__)
 
@@ -163,10 +163,10 @@ def make_callbacks(cfg: AppConfig) -> list[Any]:
         extra_tags={"tune_app.seed": str(cfg.seed), "tune_app.seed_policy": cfg.train.seed_policy,
                     "tune_app.model": cfg.model.name, "tune_app.dataset": cfg.data.name,
                     **{f"tune_app.{k}": v for k, v in code_version().items()}},
-        metric=cfg.tune.metric, mode=cfg.tune.mode, num_samples=cfg.tune.num_samples,
+        metric=cfg.tune.metric, num_samples=cfg.tune.num_samples,
         study_seed=cfg.seed, seed_policy=cfg.train.seed_policy,
         study_params={"num_samples": cfg.tune.num_samples, "max_epochs": cfg.tune.max_epochs,
-                      "metric": cfg.tune.metric, "mode": cfg.tune.mode, "searchspace": cfg.searchspace,
+                      "metric": cfg.tune.metric, "mode": MODE, "searchspace": cfg.searchspace,
                       "scheduler": cfg.tune.scheduler, "sampler_seed": cfg.tune.sampler_seed,
                       "seed": cfg.seed, "seed_policy": cfg.train.seed_policy, "model": cfg.model.name,
                       "dataset": cfg.data.name},
@@ -179,7 +179,7 @@ def make_callbacks(cfg: AppConfig) -> list[Any]:
         retention,
         StoragePressureCallback.from_config(cfg, retention),
         mlflow_cb,
-        ProgressCallback(num_samples=cfg.tune.num_samples, metric=cfg.tune.metric, mode=cfg.tune.mode,
+        ProgressCallback(num_samples=cfg.tune.num_samples, metric=cfg.tune.metric,
                          study_dir=cfg.study_dir, mlflow_callback=mlflow_cb, max_epochs=cfg.tune.max_epochs),
     ]
 
@@ -190,7 +190,7 @@ def _ray_init(cfg: AppConfig) -> None:
     from tune_app.tracking.dashboard import log_to_ray_session, name_trial_tasks
 
     # Trial tasks carry the trial, its epoch and score (the dashboard's task list).
-    name_trial_tasks(metric=cfg.tune.metric, mode=cfg.tune.mode, max_epochs=cfg.trial_epochs)
+    name_trial_tasks(metric=cfg.tune.metric, max_epochs=cfg.trial_epochs)
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
@@ -286,7 +286,7 @@ def build_tuner(cfg: AppConfig) -> Any:
     space = load_space(cfg.searchspace, **space_settings(cfg))
     sampler = optuna.samplers.TPESampler(seed=cfg.tune.sampler_seed, n_startup_trials=cfg.tune.n_startup_trials)
     # study_name: also the name of the study's Optuna DB (<study>/optuna.db, tune_app.optuna_store).
-    search = EarlyStopAwareOptunaSearch(space=space, metric=cfg.tune.metric, mode=cfg.tune.mode, sampler=sampler,
+    search = EarlyStopAwareOptunaSearch(space=space, metric=cfg.tune.metric, mode=MODE, sampler=sampler,
                                         max_epochs=cfg.tune.max_epochs, study_name=cfg.tune.name)
     return tune.Tuner(
         make_trainable(cfg),
@@ -294,7 +294,7 @@ def build_tuner(cfg: AppConfig) -> Any:
             search_alg=search,
             scheduler=make_scheduler(cfg),
             metric=cfg.tune.metric,
-            mode=cfg.tune.mode,
+            mode=MODE,
             num_samples=cfg.tune.num_samples,
             max_concurrent_trials=1,
             reuse_actors=cfg.tune.reuse_actors,
@@ -314,7 +314,7 @@ def build_tuner(cfg: AppConfig) -> Any:
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1,
                 checkpoint_score_attribute=cfg.tune.metric,
-                checkpoint_score_order=cfg.tune.mode,
+                checkpoint_score_order=MODE,
             ),
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=tune_verbosity(cfg),

@@ -122,11 +122,11 @@ def test_keeper_demotes_kept_bests_but_not_resume_points(tmp_path: Path) -> None
     (running / "trial_state.json").write_text(json.dumps({"status": "running"}))
     policy = RetentionPolicy(keep_last_n=1, keep_best_k=1)
 
-    untouched = CheckpointKeeper(tmp_path, metric="val_macro_f1", mode="max", keep_optimizer_state=True)
+    untouched = CheckpointKeeper(tmp_path, metric="val_macro_f1", keep_optimizer_state=True)
     assert untouched.enforce(policy)[0] == 1  # the running trial's older checkpoint
     assert not is_weights_only(done / "checkpoint_000000")
 
-    keeper = CheckpointKeeper(tmp_path, metric="val_macro_f1", mode="max", keep_optimizer_state=False)
+    keeper = CheckpointKeeper(tmp_path, metric="val_macro_f1", keep_optimizer_state=False)
     size_before = keeper.records[str(done / "checkpoint_000000")].size_bytes
     pruned, freed, _ = keeper.enforce(policy)
     assert pruned == 0 and freed > 0

@@ -84,10 +84,10 @@ def test_finished_trials_keep_only_study_best() -> None:
     assert "finished" in plan.reasons["a/checkpoint_000001"]
 
 
-def test_mode_min_and_nan_never_best() -> None:
+def test_nan_is_never_best() -> None:
     records = [rec("a", 1, float("nan")), rec("a", 2, 0.4), rec("a", 3, 0.2), rec("a", 4, 0.3)]
-    plan = plan_retention(records, RetentionPolicy(keep_last_n=0, keep_best_k=1), mode="min")
-    assert plan.keep == {"a/checkpoint_000003", "a/checkpoint_000004"}
+    plan = plan_retention(records, RetentionPolicy(keep_last_n=0, keep_best_k=1))
+    assert plan.keep == {"a/checkpoint_000002", "a/checkpoint_000004"}
 
 
 def test_size_cap_drops_oldest_unprotected_first() -> None:
@@ -111,11 +111,11 @@ def test_plan_single_best() -> None:
         rec("c", 1, 0.95),
         rec("c", 2, 0.1),
     ]
-    plan = plan_single_best(records, "max")
+    plan = plan_single_best(records)
     assert plan.keep == {"c/checkpoint_000001", "c/checkpoint_000002"}
-    plan = plan_single_best(records[:3], "max", policy=RetentionPolicy(max_total_size_gb=0.01))
+    plan = plan_single_best(records[:3], policy=RetentionPolicy(max_total_size_gb=0.01))
     assert plan.keep == {"b/checkpoint_000002"} and plan.over_budget
-    assert plan_single_best([], "min").keep == frozenset()
+    assert plan_single_best([]).keep == frozenset()
 
 
 def test_duplicate_paths_rejected() -> None:
@@ -151,37 +151,36 @@ POLICIES = st.builds(
     keep_best_k_max=st.just(2),
     max_total_size_gb=st.floats(0.5, 40.0),
 )
-MODES = st.sampled_from(["max", "min"])
 PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _better(a: float, b: float, mode: str) -> bool:
-    return a > b if mode == "max" else a < b
+def _better(a: float, b: float) -> bool:
+    return a > b
 
 
-def _best_k_with_ties(records: list[CheckpointRecord], k: int, mode: str, cap: int = 2) -> set[str]:
+def _best_k_with_ties(records: list[CheckpointRecord], k: int, cap: int = 2) -> set[str]:
     """The study-best set the plan uses, checked against its definition: every record better
     than the K-th score, then records tied at it, ``max(k, cap)`` records in all."""
-    best = set(_best_with_ties(records, k, mode, cap))  # type: ignore[arg-type]
+    best = set(_best_with_ties(records, k, cap))
     scored = [r for r in records if r.score is not None and not math.isnan(r.score)]
     if not scored:
         assert best == set()
         return best
-    ranked = sorted((r.score for r in scored if r.score is not None), reverse=mode == "max")
+    ranked = sorted((r.score for r in scored if r.score is not None), reverse=True)
     kth = ranked[min(k, len(ranked)) - 1]
-    strictly_better = {r.path for r in scored if r.score is not None and _better(r.score, kth, mode)}
-    at_least_kth = {r.path for r in scored if r.score is not None and not _better(kth, r.score, mode)}
+    strictly_better = {r.path for r in scored if r.score is not None and _better(r.score, kth)}
+    at_least_kth = {r.path for r in scored if r.score is not None and not _better(kth, r.score)}
     assert strictly_better <= best <= at_least_kth
     assert len(best) == min(len(at_least_kth), max(k, cap))
     return best
 
 
 @PROPS
-@given(records=studies(), policy=POLICIES, mode=MODES)
+@given(records=studies(), policy=POLICIES)
 def test_retention_invariants(
-    records: list[CheckpointRecord], policy: RetentionPolicy, mode: str
+    records: list[CheckpointRecord], policy: RetentionPolicy
 ) -> None:
-    plan = plan_retention(records, policy, mode=mode)  # type: ignore[arg-type]
+    plan = plan_retention(records, policy)
     paths = {r.path for r in records}
     by_path = {r.path: r for r in records}
     trials: dict[str, list[CheckpointRecord]] = defaultdict(list)
@@ -195,15 +194,11 @@ def test_retention_invariants(
     assert set(plan.reasons) == paths
 
     # Study best (co-best ties at the K-th score, keep_best_k_max in all) is never deleted.
-    study_best = _best_k_with_ties(records, policy.keep_best_k, mode, policy.keep_best_k_max)
+    study_best = _best_k_with_ties(records, policy.keep_best_k, policy.keep_best_k_max)
     assert study_best <= plan.keep
     scored = [r for r in records if r.score is not None]
     if scored:
-        top = (
-            max(r.score for r in scored if r.score is not None)
-            if mode == "max"
-            else min(r.score for r in scored if r.score is not None)
-        )
+        top = max(r.score for r in scored if r.score is not None)
         tied_top = {r.path for r in scored if r.score == top}
         assert len(tied_top & plan.keep) >= min(len(tied_top), policy.keep_best_k_max)
 
@@ -223,7 +218,7 @@ def test_retention_invariants(
     kept_bytes = sum(by_path[p].size_bytes for p in plan.keep)
     protected = study_best | newest
     protected_bytes = sum(by_path[p].size_bytes for p in protected)
-    assert protected == protected_paths(records, policy, mode=mode)  # type: ignore[arg-type]
+    assert protected == protected_paths(records, policy)
     assert plan.over_budget == (protected_bytes > policy.max_total_bytes)
     if not plan.over_budget:
         assert kept_bytes <= policy.max_total_bytes
@@ -237,32 +232,32 @@ def test_retention_invariants(
     # Bounded independently of the number of finished trials.
     bound = len(study_best)
     for rs in running.values():
-        trial_best = _best_k_with_ties(rs, policy.keep_best_k, mode, policy.keep_best_k_max)
+        trial_best = _best_k_with_ties(rs, policy.keep_best_k, policy.keep_best_k_max)
         bound += policy.keep_last_n + 1 + max(policy.keep_best_k, len(trial_best))
     assert len(plan.keep) <= bound
 
     # Idempotent: planning again over what was kept deletes nothing.
     kept_records = [r for r in records if r.path in plan.keep]
-    again = plan_retention(kept_records, policy, mode=mode)  # type: ignore[arg-type]
+    again = plan_retention(kept_records, policy)
     assert again.delete == frozenset()
     assert again.over_budget == plan.over_budget
 
 
 @PROPS
-@given(records=studies(), policy=POLICIES, mode=MODES, extra=st.integers(1, 30))
+@given(records=studies(), policy=POLICIES, extra=st.integers(1, 30))
 def test_finished_trials_do_not_grow_kept_count(
-    records: list[CheckpointRecord], policy: RetentionPolicy, mode: str, extra: int
+    records: list[CheckpointRecord], policy: RetentionPolicy, extra: int
 ) -> None:
     """Adding finished trials that are worse than everything adds nothing to disk."""
-    plan = plan_retention(records, policy, mode=mode)  # type: ignore[arg-type]
-    worst = -2e6 if mode == "max" else 2e6
+    plan = plan_retention(records, policy)
+    worst = -2e6
     more = [
         CheckpointRecord(f"f{j}", f"f{j}/c{i}", i, worst if i else None, GB, True)
         for j in range(extra)
         for i in range(3)
     ]
     scored = any(r.score is not None for r in records)
-    bigger = plan_retention([*records, *more], policy, mode=mode)  # type: ignore[arg-type]
+    bigger = plan_retention([*records, *more], policy)
     if scored and len({r.path for r in records if r.score is not None}) >= policy.keep_best_k:
         assert bigger.keep == plan.keep
     else:
@@ -270,9 +265,9 @@ def test_finished_trials_do_not_grow_kept_count(
 
 
 @PROPS
-@given(records=studies(), mode=MODES)
-def test_single_best_invariants(records: list[CheckpointRecord], mode: str) -> None:
-    plan = plan_single_best(records, mode)  # type: ignore[arg-type]
+@given(records=studies())
+def test_single_best_invariants(records: list[CheckpointRecord]) -> None:
+    plan = plan_single_best(records)
     assert plan.keep | plan.delete == {r.path for r in records}
     trials: dict[str, list[CheckpointRecord]] = defaultdict(list)
     for r in records:
@@ -286,7 +281,7 @@ def test_single_best_invariants(records: list[CheckpointRecord], mode: str) -> N
     best_kept = [r for r in scored if r.path in plan.keep]
     if scored:
         values = [r.score for r in scored if r.score is not None]
-        top = max(values) if mode == "max" else min(values)
+        top = max(values)
         assert any(r.score == top for r in best_kept)
     assert (
         len(plan.keep)

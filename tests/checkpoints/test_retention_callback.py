@@ -30,7 +30,7 @@ def test_scan_finishes_an_interrupted_prune_and_skips_it(tmp_path: Path) -> None
 
     scanned = {f.path.name: f.kind for f in scan_checkpoints(tmp_path, "val_macro_f1")}
     assert scanned == {"checkpoint_000000": "half_pruned", "checkpoint_000001": "valid"}
-    records = CheckpointKeeper(tmp_path, metric="val_macro_f1", mode="max").records
+    records = CheckpointKeeper(tmp_path, metric="val_macro_f1").records
 
     assert [p.name for p in half.iterdir()] == [PRUNED_FILE] and is_tombstone(half)
     assert set(records) == {str(trial / "checkpoint_000001")}

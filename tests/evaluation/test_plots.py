@@ -104,8 +104,8 @@ def test_plot_study_holds_exactly_the_scored_trials_in_start_order() -> None:
     trials = _trials(5, unscored=2) + [_trial(9, 0.3, {"train.lr": 0.005, "flag": True, "name": None}),
                                        _trial(10, 0.2, {"train.lr": 0.004, "odd": float("nan")}),
                                        _trial(11, 0.1, {"train.lr": 0.003, "odd": 1.5})]
-    study = plot_study(trials, mode="min")
-    assert study.direction.name == "MINIMIZE"
+    study = plot_study(trials)
+    assert study.direction.name == "MAXIMIZE"
     scored = sorted((t for t in trials if t.best_score is not None), key=lambda t: int(t.path.name.split("_")[3]))
     assert len(study.trials) == 8
     assert [t.user_attrs[TUNE_TRIAL_ID_ATTR] for t in study.trials] == [t.trial_id for t in scored]
@@ -219,12 +219,11 @@ def test_pr_plot_names_each_average_precision_and_the_skipped_criteria() -> None
 
 
 # --- history --------------------------------------------------------------------------------
-def test_history_running_best_follows_the_mode() -> None:
-    trials = [_trial(i, s, {}, [{"epoch": 1, "val_loss": s}]) for i, s in enumerate([0.5, 0.3, 0.4, 0.2])]
-    for mode, expected in (("min", [0.5, 0.3, 0.3, 0.2]), ("max", [0.5, 0.5, 0.5, 0.5])):
-        fig = history_figure(trials[::-1], "val_loss", mode)
-        best = next(line for line in fig.axes[0].get_lines() if line.get_label() == "best so far")
-        assert list(best.get_ydata()) == expected
+def test_history_running_best_is_the_highest_so_far() -> None:
+    trials = [_trial(i, s, {}, [{"epoch": 1, "val_macro_f1": s}]) for i, s in enumerate([0.2, 0.4, 0.3, 0.5])]
+    fig = history_figure(trials[::-1], "val_macro_f1")
+    best = next(line for line in fig.axes[0].get_lines() if line.get_label() == "best so far")
+    assert list(best.get_ydata()) == [0.2, 0.4, 0.4, 0.5]
 
 
 def test_plot_study_takes_the_sampled_distributions_from_the_studys_optuna_db(tmp_path: Path) -> None:

@@ -120,7 +120,7 @@ def test_write_trial_report_while_running(tmp_path: Path) -> None:
     trial.mkdir(parents=True)
     (trial / "trial_state.json").write_text(json.dumps(
         {"status": "running", "history": [{"epoch": 1, "val_macro_f1": 0.3, "val_loss": float("nan")}]}))
-    path = write_trial_report(trial, trial_id="x1", metric="val_macro_f1", mode="max", params={"train.lr": 1})
+    path = write_trial_report(trial, trial_id="x1", metric="val_macro_f1", params={"train.lr": 1})
     doc = load_report(path)
     assert doc["trial_id"] == "x1" and doc["status"] == "running" and doc["checkpoints"] == []
     assert doc["validation_metrics"] == {"val_macro_f1": 0.3, "val_loss": None}

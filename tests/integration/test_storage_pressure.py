@@ -75,7 +75,7 @@ def test_critical_checks_escalate_one_step_each(tmp_path: Path, caplog: pytest.L
          "b2": _ckpt(b, 2, 0.2), "b3": _ckpt(b, 3, 0.15)}
     (a / "trial_state.json").write_text(json.dumps({"status": "completed"}))
     uri, run_id = _mlflow_run(tmp_path, "study", "bbb")
-    retention = RetentionCallback(study, metric=METRIC, mode="max",
+    retention = RetentionCallback(study, metric=METRIC,
                                   policy=RetentionPolicy(keep_last_n=2, keep_best_k=2, keep_best_k_max=2))
     disk = FakeDisk()
     pressure = StoragePressureCallback(study, retention, interval_s=3600, warn_free_fraction=0.10,
@@ -116,7 +116,7 @@ def test_critical_checks_escalate_one_step_each(tmp_path: Path, caplog: pytest.L
     assert all(is_tombstone(Path(p[k])) for k in ("a1", "b0", "b1", "b2", "b3"))
 
     # A restored study continues at the recorded step (the pickled callback starts at 0).
-    fresh = RetentionCallback(study, metric=METRIC, mode="max", policy=RetentionPolicy())
+    fresh = RetentionCallback(study, metric=METRIC, policy=RetentionPolicy())
     again = StoragePressureCallback(study, fresh, interval_s=3600, warn_free_fraction=0.10,
                                     error_free_fraction=0.05, tracking_uri=uri, experiment_name="pressure",
                                     disk_usage=FakeDisk())
@@ -128,7 +128,7 @@ def test_critical_checks_escalate_one_step_each(tmp_path: Path, caplog: pytest.L
 def test_warning_band_is_critical_but_ok_is_not(tmp_path: Path) -> None:
     study = tmp_path / "study"
     study.mkdir()
-    retention = RetentionCallback(study, metric=METRIC, mode="max", policy=RetentionPolicy())
+    retention = RetentionCallback(study, metric=METRIC, policy=RetentionPolicy())
     disk = FakeDisk()
     pressure = StoragePressureCallback(study, retention, interval_s=3600, warn_free_fraction=0.10,
                                        error_free_fraction=0.05, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",

@@ -17,19 +17,18 @@ def _trial(last: dict[str, object] | None, best: float | None = None) -> SimpleN
 
 def test_train_task_names_trial_epoch_and_scores() -> None:
     name = trial_task_name(_trial({"epoch": 3, "val_macro_f1": 0.51234}, best=0.6), "train",
-                           metric="val_macro_f1", mode="max", max_epochs=8)
+                           metric="val_macro_f1", max_epochs=8)
     assert name == "trial 3 (ab12c_00002): epoch 4/8, val_macro_f1 0.5123 (best 0.6)"
-    low = trial_task_name(_trial({"epoch": 3, "val_macro_f1": 0.5}, best=0.6), "train",
-                          metric="val_macro_f1", mode="min", max_epochs=None)
-    assert low == "trial 3 (ab12c_00002): epoch 4, val_macro_f1 0.5 (best 0.01)"
+    open_ended = trial_task_name(_trial({"epoch": 3, "val_macro_f1": 0.5}, best=0.6), "train",
+                                 metric="val_macro_f1", max_epochs=None)
+    assert open_ended == "trial 3 (ab12c_00002): epoch 4, val_macro_f1 0.5 (best 0.6)"
 
 
 def test_first_epoch_and_other_methods() -> None:
-    assert trial_task_name(_trial(None), "train", metric="val_macro_f1", mode="max",
+    assert trial_task_name(_trial(None), "train", metric="val_macro_f1",
                            max_epochs=8) == "trial 3 (ab12c_00002): epoch 1/8"
-    assert trial_task_name(_trial({}), "reset", metric="m", mode="max", max_epochs=8) == "trial 3 (ab12c_00002): reset"
-    nan = trial_task_name(_trial({"epoch": 1, "val_macro_f1": float("nan")}), "train", metric="val_macro_f1",
-                          mode="max", max_epochs=2)
+    assert trial_task_name(_trial({}), "reset", metric="m", max_epochs=8) == "trial 3 (ab12c_00002): reset"
+    nan = trial_task_name(_trial({"epoch": 1, "val_macro_f1": float("nan")}), "train", metric="val_macro_f1", max_epochs=2)
     assert nan == "trial 3 (ab12c_00002): epoch 2/2, val_macro_f1 - (best -)"
 
 

@@ -63,7 +63,7 @@ def callback(tmp_path: Path, uri: str, **kw: Any) -> ResumableMLflowLoggerCallba
     return ResumableMLflowLoggerCallback(
         tracking_uri=uri, experiment_name=STUDY, study_name=STUDY, study_dir=tmp_path / STUDY,
         extra_tags={"tune_app.seed": "0"}, close_timeout_s=20, backoff_initial_s=0.05, backoff_max_s=0.2,
-        metric="val_macro_f1", mode="max", num_samples=3, study_seed=0, seed_policy="per_trial",
+        metric="val_macro_f1", num_samples=3, study_seed=0, seed_policy="per_trial",
         study_params={"num_samples": 3, "searchspace": "small"}, **kw)
 
 
@@ -229,7 +229,7 @@ def test_storage_pressure_with_no_trial_running_tags_the_study_run(tmp_path: Pat
     cb.setup()
     cb.log_trial_start(a)  # the newest run of the experiment: a plain search would find it first
     cb.on_experiment_end([a])
-    retention = RetentionCallback(tmp_path / STUDY, metric="val_macro_f1", mode="max", policy=RetentionPolicy())
+    retention = RetentionCallback(tmp_path / STUDY, metric="val_macro_f1", policy=RetentionPolicy())
     pressure = StoragePressureCallback(tmp_path / STUDY, retention, interval_s=3600, warn_free_fraction=0.1,
                                        error_free_fraction=0.05, tracking_uri=uri, experiment_name=STUDY)
     pressure._tag(None, 2)

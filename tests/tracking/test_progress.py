@@ -51,7 +51,7 @@ def test_eta_within_ten_percent_on_a_synthetic_run(tmp_path: Path) -> None:
     rng = random.Random(0)
     total = 200
     durations = [(5.0 if i % 2 else 15.0) * rng.uniform(0.9, 1.1) for i in range(total)]
-    cb = ProgressCallback(num_samples=total, metric="val_macro_f1", mode="max", study_dir=tmp_path)
+    cb = ProgressCallback(num_samples=total, metric="val_macro_f1", study_dir=tmp_path)
     trials = [fake_trial(i, "PENDING", None, None) for i in range(total)]
     for done in range(1, total - 10):
         trials[done - 1] = fake_trial(done - 1, "TERMINATED", durations[done - 1], 0.5)
@@ -68,7 +68,7 @@ def test_eta_is_exact_for_constant_durations() -> None:
 
 def test_callback_prints_logs_writes_and_tags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sink = Tags()
-    cb = ProgressCallback(num_samples=4, metric="val_macro_f1", mode="max", study_dir=tmp_path,
+    cb = ProgressCallback(num_samples=4, metric="val_macro_f1", study_dir=tmp_path,
                           mlflow_callback=sink, max_epochs=3, live=False)  # type: ignore[arg-type]
     trials = [fake_trial(0, "TERMINATED", 60.0, 0.61), fake_trial(1, "ERROR", 120.0, None),
               fake_trial(2, "RUNNING", 90.0, 0.87), fake_trial(3, "RUNNING", None, 0.9)]
@@ -95,7 +95,7 @@ def tagged_trial(tmp_path: Path, number: int, status: str, history: list[dict[st
 
 def test_after_a_restore_best_comes_from_each_trials_history_and_numbers_are_tune_s(tmp_path: Path) -> None:
     """Restored trials carry no running statistics; the list order is not the trials' numbers."""
-    cb = ProgressCallback(num_samples=5, metric="val_macro_f1", mode="max", study_dir=tmp_path, live=False)
+    cb = ProgressCallback(num_samples=5, metric="val_macro_f1", study_dir=tmp_path, live=False)
     trials = [tagged_trial(tmp_path, 4, "TERMINATED", [{"epoch": 1, "val_macro_f1": 0.2}], {"epoch": 1}),
               tagged_trial(tmp_path, 2, "TERMINATED", [{"epoch": 1, "val_macro_f1": 0.3},
                                                        {"epoch": 2, "val_macro_f1": 0.7},
@@ -108,7 +108,7 @@ def test_trial_line_names_its_number_outcome_best_epoch_and_params_in_four_digit
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     clock = iter([100.0, 100.0, 130.0])  # setup, trial start, trial end: 30 s between trial ends
     monkeypatch.setattr("tune_app.tracking.progress.time.monotonic", lambda: next(clock))
-    cb = ProgressCallback(num_samples=3, metric="val_macro_f1", mode="max", study_dir=tmp_path, max_epochs=4,
+    cb = ProgressCallback(num_samples=3, metric="val_macro_f1", study_dir=tmp_path, max_epochs=4,
                           live=False)
     cb.setup()
     trial = tagged_trial(tmp_path, 1, "RUNNING", [{"epoch": 1, "val_macro_f1": 0.123456},
@@ -123,7 +123,7 @@ def test_trial_line_names_its_number_outcome_best_epoch_and_params_in_four_digit
 def test_live_line_only_on_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trial = tagged_trial(tmp_path, 1, "RUNNING", None, {})
     for live in (False, True):
-        cb = ProgressCallback(num_samples=2, metric="val_macro_f1", mode="max", study_dir=tmp_path, max_epochs=4,
+        cb = ProgressCallback(num_samples=2, metric="val_macro_f1", study_dir=tmp_path, max_epochs=4,
                               live=live)
         cb.on_trial_result(0, [trial], trial, {"epoch": 2, "val_macro_f1": 0.5})
         out = capsys.readouterr().out
@@ -144,7 +144,7 @@ def test_callback_unpickled_from_an_older_study_still_works(tmp_path: Path, caps
     """A study's tuner.pkl keeps the callback as first pickled; attributes added later have defaults."""
     import pickle
 
-    cb = ProgressCallback(num_samples=2, metric="val_macro_f1", mode="max", study_dir=tmp_path)
+    cb = ProgressCallback(num_samples=2, metric="val_macro_f1", study_dir=tmp_path)
     for added in ("max_epochs", "live"):
         del cb.__dict__[added]
     old = pickle.loads(pickle.dumps(cb))
@@ -153,11 +153,11 @@ def test_callback_unpickled_from_an_older_study_still_works(tmp_path: Path, caps
     assert "trial 1/2 id1 | finished 1/? epochs" in capsys.readouterr().out
 
 
-def test_min_mode_picks_the_lowest() -> None:
+def test_the_best_trial_is_the_highest_scoring() -> None:
     from tune_app.tracking.progress import study_progress
 
     trials = [fake_trial(0, "TERMINATED", 1.0, 0.3), fake_trial(1, "TERMINATED", 1.0, 0.2)]
-    assert study_progress(trials, 2, "val_macro_f1", "min").best_trial == 2
+    assert study_progress(trials, 2, "val_macro_f1").best_trial == 1
 
 
 def test_epoch_line() -> None:

@@ -313,14 +313,16 @@ def test_mlflow_writes_and_the_pickled_callback_are_sanitised(tmp_path: Path) ->
 
     buffer = MetricBuffer(tmp_path / "buf.jsonl")
     writer = BufferedMlflowWriter(buffer, lambda: client, experiment_name="exp-sk-SECRET999", backoff_initial_s=3600)
+    queued: list[Any] = []
+    real = writer._queue  # what would reach the writer thread is captured; the thread waits on the real queue
+    writer._queue = SimpleNamespace(put=queued.append, get=real.get)  # type: ignore[assignment]
     try:
-        queued: list[Any] = []
-        writer._queue = SimpleNamespace(put=queued.append)  # type: ignore[assignment]
         writer.log_params("r", {"note": "hf_SECRETabc123"})
         writer.set_tags("r", {"t": "password=hunter2"})
         writer.create_run("pending:x", {"k": "v"}, {"t": "sk-SECRET999"}, "name-sk-SECRET999", "e-sk-SECRET999")
         assert "SECRET" not in repr(queued) + writer.experiment_name and "hunter2" not in repr(queued)
     finally:
+        writer._queue = real
         writer.close(1)
 
     cb = ResumableMLflowLoggerCallback(tracking_uri="https://me:Pa55w0rd99@mlflow.example.org",

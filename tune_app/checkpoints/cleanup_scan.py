@@ -17,7 +17,6 @@ from tune_app.atomic_fs import TMP_MARK as ATOMIC_TMP_MARK
 from tune_app.checkpoints.keeper import CheckpointKeeper, scan_checkpoints
 from tune_app.checkpoints.retention import (
     CheckpointRecord,
-    Mode,
     RetentionPolicy,
     plan_retention,
 )
@@ -82,7 +81,7 @@ def remove_torn_temps(study_dir: Path) -> list[Path]:
 
     Only safe while nothing writes to the study: ``resume=`` calls it holding the study lock.
     """
-    keeper = CheckpointKeeper(study_dir, metric="", mode="max")
+    keeper = CheckpointKeeper(study_dir, metric="")
     removed = []
     for path in _stale_temps(study_dir, 0.0, time.time()):
         keeper.remove_temp(path)
@@ -94,7 +93,6 @@ def scan_study(
     study_dir: Path,
     *,
     metric: str,
-    mode: Mode = "max",
     policy: RetentionPolicy,
     check_hashes: bool = True,
     tmp_min_age_s: float = 0.0,
@@ -123,7 +121,7 @@ def scan_study(
         elif found.record is not None:
             records.append(found.record)
 
-    plan = plan_retention(records, policy, mode=mode)
+    plan = plan_retention(records, policy)
     report.over_budget = plan.over_budget
     for r in records:
         if r.path in plan.delete:
@@ -144,7 +142,7 @@ def execute(report: CleanupReport, keeper: CheckpointKeeper | None = None) -> in
     stays for Ray Tune). Protected paths are never touched, even if listed by mistake.
     """
     protected = {p.resolve() for p in report.protected}
-    owner = keeper or CheckpointKeeper(report.study_dir or Path("."), metric="", mode="max")
+    owner = keeper or CheckpointKeeper(report.study_dir or Path("."), metric="")
     freed = 0
     for cand in report.candidates:
         path = cand.path

@@ -29,7 +29,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from tune_app.checkpoints.preflight import (
     InsufficientStorageError,
@@ -37,7 +37,6 @@ from tune_app.checkpoints.preflight import (
     largest_artifacts,
     preflight,
 )
-from tune_app.checkpoints.retention import Mode
 from tune_app.checkpoints.store import (
     SavedCheckpoint,
     dir_nbytes,
@@ -145,7 +144,7 @@ def save_epoch_checkpoint(
         raise
 
 
-def study_reclaimer(study_dir: Path, *, metric: str, mode: str) -> Callable[[], int]:
+def study_reclaimer(study_dir: Path, *, metric: str) -> Callable[[], int]:
     """A ``reclaim`` for :func:`save_epoch_checkpoint`: storage-pressure step 3 done in place.
 
     The study's ``CheckpointKeeper`` (over the checkpoints whose manifest and sizes check out)
@@ -157,7 +156,7 @@ def study_reclaimer(study_dir: Path, *, metric: str, mode: str) -> Callable[[], 
     def reclaim() -> int:
         # Pruning only: the driver's keeper demotes (two processes rewriting one folder at
         # once could bring back a checkpoint the other just pruned).
-        keeper = CheckpointKeeper(study_dir, metric=metric, mode=cast(Mode, mode), verify="sizes",
+        keeper = CheckpointKeeper(study_dir, metric=metric, verify="sizes",
                                   finish_interrupted=False, keep_optimizer_state=True)
         return keeper.enforce(None)[1]
 

@@ -30,7 +30,6 @@ from typing import Literal
 from tune_app.checkpoints.errors import CheckpointError
 from tune_app.checkpoints.retention import (
     CheckpointRecord,
-    Mode,
     RetentionPolicy,
     plan_retention,
     plan_single_best,
@@ -147,11 +146,10 @@ class CheckpointKeeper:
     :meth:`add` and by every prune.
     """
 
-    def __init__(self, study_dir: Path | str, *, metric: str, mode: Mode, verify: Verify = "none",
+    def __init__(self, study_dir: Path | str, *, metric: str, verify: Verify = "none",
                  finish_interrupted: bool = True, keep_optimizer_state: bool = True) -> None:
         self.study_dir = Path(study_dir)
         self.metric = metric
-        self.mode: Mode = mode
         self.verify: Verify = verify
         #: False: a kept checkpoint that is no longer a resume point loses its optimiser and
         #: scheduler state (``retention.keep_optimizer_state``; opt-in, see the README).
@@ -198,8 +196,8 @@ class CheckpointKeeper:
         ``keep_optimizer_state``). Returns (checkpoints pruned, bytes freed, protected alone
         over the size cap)."""
         records = list(self.records.values())
-        plan = (plan_single_best(records, self.mode) if policy is None
-                else plan_retention(records, policy, mode=self.mode))
+        plan = (plan_single_best(records) if policy is None
+                else plan_retention(records, policy))
         freed = self.prune_paths(plan.delete, plan.reasons)
         if not self.keep_optimizer_state:
             freed += sum(self.demote(p) for p in sorted(plan.weights_only))
@@ -222,7 +220,7 @@ class CheckpointKeeper:
         """Tombstone ``trial_id``'s checkpoints that ``policy`` does not protect (study best,
         resume point); returns bytes freed."""
         records = list(self.records.values())
-        keep = protected_paths(records, policy, mode=self.mode)
+        keep = protected_paths(records, policy)
         return self.prune_paths([r.path for r in records if r.trial_id == trial_id and r.path not in keep], reason)
 
     def remove_temp(self, path: Path) -> int:

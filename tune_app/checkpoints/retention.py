@@ -13,7 +13,6 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
 
 __all__ = [
     "GB",
@@ -32,7 +31,6 @@ GB = 1_000_000_000
 #: Hard cap on ``keep_best_k_max``.
 MAX_KEEP_BEST_K = 2
 
-Mode = Literal["max", "min"]
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,7 @@ def _has_score(r: CheckpointRecord) -> bool:
     return r.score is not None and not math.isnan(r.score)
 
 
-def _best_with_ties(records: Iterable[CheckpointRecord], k: int, mode: Mode, cap: int) -> set[str]:
+def _best_with_ties(records: Iterable[CheckpointRecord], k: int, cap: int) -> set[str]:
     """Paths of the best ``k`` scored records, plus records tied with the k-th, ``cap`` in all.
 
     Ties are co-best and kept, but never more than ``cap`` (``keep_best_k_max``) records:
@@ -123,16 +121,13 @@ def _best_with_ties(records: Iterable[CheckpointRecord], k: int, mode: Mode, cap
     scored = [r for r in records if _has_score(r)]
     if k <= 0 or not scored:
         return set()
-    sign = -1.0 if mode == "max" else 1.0
-    ranked = sorted(scored, key=lambda r: (sign * float(r.score or 0.0), r.index, r.trial_id, r.path))
+    ranked = sorted(scored, key=lambda r: (-float(r.score or 0.0), r.index, r.trial_id, r.path))
     threshold = ranked[min(k, len(ranked)) - 1].score
     best = ranked[:k] + [r for r in ranked[k:] if r.score == threshold]
     return {r.path for r in best[:max(k, cap)]}
 
 
-def _check(records: Sequence[CheckpointRecord], mode: str) -> None:
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+def _check(records: Sequence[CheckpointRecord]) -> None:
     seen: set[str] = set()
     for r in records:
         if r.path in seen:
@@ -156,17 +151,17 @@ def _newest_of_running(records: Sequence[CheckpointRecord]) -> set[str]:
 
 
 def protected_paths(
-    records: Sequence[CheckpointRecord], policy: RetentionPolicy, *, mode: Mode = "max"
+    records: Sequence[CheckpointRecord], policy: RetentionPolicy
 ) -> frozenset[str]:
     """Study best set (ties kept) plus the newest checkpoint of each running trial."""
-    _check(records, mode)
+    _check(records)
     return frozenset(
-        _best_with_ties(records, policy.keep_best_k, mode, policy.keep_best_k_max) | _newest_of_running(records)
+        _best_with_ties(records, policy.keep_best_k, policy.keep_best_k_max) | _newest_of_running(records)
     )
 
 
 def plan_retention(
-    records: Sequence[CheckpointRecord], policy: RetentionPolicy, *, mode: Mode = "max"
+    records: Sequence[CheckpointRecord], policy: RetentionPolicy
 ) -> RetentionPlan:
     """Decide which checkpoints to keep.
 
@@ -179,9 +174,9 @@ def plan_retention(
     first (by index, then trial id); ``over_budget`` is True when the protected
     records alone exceed the cap.
     """
-    _check(records, mode)
+    _check(records)
     reasons: dict[str, str] = {}
-    study_best = _best_with_ties(records, policy.keep_best_k, mode, policy.keep_best_k_max)
+    study_best = _best_with_ties(records, policy.keep_best_k, policy.keep_best_k_max)
     newest = _newest_of_running(records)
     keep: set[str] = set()
     for r in records:
@@ -196,7 +191,7 @@ def plan_retention(
             continue
         by_index = sorted(trial, key=lambda r: r.index, reverse=True)
         last_n = {r.path for r in by_index[: policy.keep_last_n]}
-        best_k = _best_with_ties(trial, policy.keep_best_k, mode, policy.keep_best_k_max)
+        best_k = _best_with_ties(trial, policy.keep_best_k, policy.keep_best_k_max)
         for r in trial:
             if r.path in keep:
                 continue
@@ -235,7 +230,6 @@ def plan_retention(
 
 def plan_single_best(
     records: Sequence[CheckpointRecord],
-    mode: Mode = "max",
     *,
     policy: RetentionPolicy | None = None,
 ) -> RetentionPlan:
@@ -244,7 +238,7 @@ def plan_single_best(
     Exact ties for best go to the newest: higher index, then later in ``records``.
     With ``policy``, ``over_budget`` reports whether even this exceeds its cap.
     """
-    _check(records, mode)
+    _check(records)
     reasons: dict[str, str] = {}
     newest = _newest_of_running(records)
     keep = set(newest)
@@ -252,8 +246,7 @@ def plan_single_best(
         reasons[p] = "newest checkpoint of a running trial (resume point)"
     scored = [(pos, r) for pos, r in enumerate(records) if _has_score(r)]
     if scored:
-        sign = 1.0 if mode == "max" else -1.0
-        _, best = max(scored, key=lambda pr: (sign * (pr[1].score or 0.0), pr[1].index, pr[0]))
+        _, best = max(scored, key=lambda pr: (pr[1].score or 0.0, pr[1].index, pr[0]))
         keep.add(best.path)
         reasons[best.path] = f"single best of the study (score={best.score})"
     for r in records:

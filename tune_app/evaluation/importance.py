@@ -64,7 +64,7 @@ def _correlations(kept: list[TrialInfo], varied: list[str]) -> dict[str, float]:
     return {k: v / total_raw for k, v in raw.items()} if total_raw > 0 else raw
 
 
-def param_importance(trials: list[TrialInfo], mode: str = "max") -> dict[str, Any]:
+def param_importance(trials: list[TrialInfo]) -> dict[str, Any]:
     """The report's ``param_importance`` section: ``computed``, ``method``, ``num_trials``
     (scored trials), ``min_trials``, ``values`` (param -> importance, summing to 1) and,
     when not computed, ``reason``."""
@@ -80,7 +80,7 @@ def param_importance(trials: list[TrialInfo], mode: str = "max") -> dict[str, An
         return _section(n, reason="no parameter varies across the scored trials")
     try:
         with quiet_optuna():
-            imp = get_param_importances(plot_study(kept, mode), evaluator=FanovaImportanceEvaluator(seed=0))
+            imp = get_param_importances(plot_study(kept), evaluator=FanovaImportanceEvaluator(seed=0))
         if imp and all(math.isfinite(v) for v in imp.values()):
             return _section(n, values={k: float(v) for k, v in imp.items()}, method=FANOVA)
     except Exception as exc:  # e.g. too few distinct trials for the forest; fall back below

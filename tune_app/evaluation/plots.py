@@ -53,10 +53,9 @@ def _message(fig: Figure, text: str) -> None:
     fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, color="0.35", wrap=True)
 
 
-def history_figure(trials: list[TrialInfo], metric: str, mode: str = "max") -> Figure:
+def history_figure(trials: list[TrialInfo], metric: str) -> Figure:
     """Each trial's per-epoch scores, its best score, and the running best over trials (in start
-    order; the best is the highest score, the lowest with ``mode="min"``)."""
-    better = max if mode == "max" else min
+    order; the best is the highest score)."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ordered = sorted(trials, key=start_order)
     best_so_far: list[float] = []
@@ -67,7 +66,7 @@ def history_figure(trials: list[TrialInfo], metric: str, mode: str = "max") -> F
             ax.scatter([i] * len(ys), ys, s=12, color="0.7", zorder=1)
         if t.best_score is not None:
             ax.scatter([i], [t.best_score], s=36, color="tab:blue", zorder=2)
-            best_so_far.append(better([t.best_score, *best_so_far[-1:]]))
+            best_so_far.append(max([t.best_score, *best_so_far[-1:]]))
         else:
             best_so_far.append(best_so_far[-1] if best_so_far else math.nan)
     if ordered:
@@ -82,9 +81,9 @@ def history_figure(trials: list[TrialInfo], metric: str, mode: str = "max") -> F
     return fig
 
 
-def plot_history(trials: list[TrialInfo], metric: str, path: Path, mode: str = "max") -> Path:
+def plot_history(trials: list[TrialInfo], metric: str, path: Path) -> Path:
     """PNG of :func:`history_figure`."""
-    return _save(history_figure(trials, metric, mode), path)
+    return _save(history_figure(trials, metric), path)
 
 
 def importance_figure(section: dict[str, Any]) -> Figure:
@@ -109,12 +108,12 @@ def plot_importance(section: dict[str, Any], path: Path) -> Path:
     return _save(importance_figure(section), path)
 
 
-def parallel_coordinate_figure(trials: list[TrialInfo], metric: str, mode: str = "max") -> Figure:
+def parallel_coordinate_figure(trials: list[TrialInfo], metric: str) -> Figure:
     """Optuna's parallel-coordinate plot of the scored trials' params against their best-epoch
     score (:func:`~tune_app.evaluation.trial_study.plot_study`); a message with 0-1 of them."""
     from optuna.visualization.matplotlib import plot_parallel_coordinate
 
-    study = plot_study(trials, mode)
+    study = plot_study(trials)
     n = len(study.trials)
     names = {k for t in study.trials for k in t.params}
     if n < 2 or not names:
@@ -140,9 +139,9 @@ def parallel_coordinate_figure(trials: list[TrialInfo], metric: str, mode: str =
     return fig
 
 
-def plot_parallel_coordinate(trials: list[TrialInfo], metric: str, mode: str, path: Path) -> Path:
+def plot_parallel_coordinate(trials: list[TrialInfo], metric: str, path: Path) -> Path:
     """PNG of :func:`parallel_coordinate_figure`."""
-    return _save(parallel_coordinate_figure(trials, metric, mode), path)
+    return _save(parallel_coordinate_figure(trials, metric), path)
 
 
 def precision_recall_figure(section: dict[str, Any]) -> Figure:
@@ -314,11 +313,11 @@ th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
 def render_all(report: dict[str, Any], trials: list[TrialInfo], out_dir: Path) -> dict[str, str]:
     """Write every plot and the HTML page under ``out_dir``; return their paths relative to it."""
     plots = Path(out_dir) / PLOTS_DIR
-    metric, mode = report["optimization_metric_name"], report["optimization_mode"]
+    metric = report["optimization_metric_name"]
     pngs = {
-        "Optimisation history": plot_history(trials, metric, plots / "optimization_history.png", mode),
+        "Optimisation history": plot_history(trials, metric, plots / "optimization_history.png"),
         "Parameter importance": plot_importance(report["param_importance"], plots / "param_importance.png"),
-        "Parallel coordinates": plot_parallel_coordinate(trials, metric, mode, plots / "parallel_coordinate.png"),
+        "Parallel coordinates": plot_parallel_coordinate(trials, metric, plots / "parallel_coordinate.png"),
         "Per-criterion F1": plot_per_criterion_f1(report, plots / "per_criterion_f1.png"),
         "Per-criterion precision-recall": plot_precision_recall(report["precision_recall"],
                                                                 plots / "precision_recall.png"),

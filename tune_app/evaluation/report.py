@@ -160,7 +160,7 @@ def read_checkpoints(trial_dir: Path, metric: str) -> list[CheckpointInfo]:
     return out
 
 
-def read_trial(trial_dir: Path, metric: str, mode: str = "max", params: dict[str, Any] | None = None
+def read_trial(trial_dir: Path, metric: str, params: dict[str, Any] | None = None
                ) -> TrialInfo:
     """Everything the reports need from one trial folder."""
     state = _read_json(trial_dir / TRIAL_STATE) or {}
@@ -171,7 +171,7 @@ def read_trial(trial_dir: Path, metric: str, mode: str = "max", params: dict[str
                      status=str(state["status"]) if state.get("status") in STATE_STATUSES else "unknown",
                      history=history, params=dict(params or {}),
                      checkpoints=read_checkpoints(trial_dir, metric))
-    info.best_score, info.best_epoch = outcome.best_epoch(history, metric, mode)
+    info.best_score, info.best_epoch = outcome.best_epoch(history, metric)
     return info
 
 
@@ -209,15 +209,14 @@ def _metrics_only(entry: dict[str, Any]) -> dict[str, float | None]:
 
 
 def build_trial_report(trial_dir: Path, *, trial_id: str | None = None, metric: str | None = None,
-                       mode: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+                       params: dict[str, Any] | None = None) -> dict[str, Any]:
     """The trial report of ``trial_dir`` (validation metrics, config, checkpoint references)."""
     trial_dir = Path(trial_dir)
     cfg_doc = yaml.safe_load((trial_dir / TRIAL_CONFIG).read_text(encoding="utf-8")) \
         if (trial_dir / TRIAL_CONFIG).is_file() else {}
     tune_doc = (cfg_doc or {}).get("tune") or {}
     metric = metric or tune_doc.get("metric") or "val_macro_f1"
-    mode = mode or tune_doc.get("mode") or "max"
-    info = read_trial(trial_dir, metric, mode, params)
+    info = read_trial(trial_dir, metric, params)
     latest = info.history[-1] if info.history else {}
     best = next((h for h in info.history if h.get("epoch") == info.best_epoch), {})
     doc = {
@@ -225,7 +224,7 @@ def build_trial_report(trial_dir: Path, *, trial_id: str | None = None, metric: 
         "study_id": trial_dir.parent.name, "trial_id": trial_id or info.trial_id,
         "trial_dir": trial_dir.name, "generated_at": _now(), "status": info.status,
         "epochs_completed": len(info.history), "optimization_metric_name": metric,
-        "optimization_mode": mode, "best_validation_score": info.best_score, "best_epoch": info.best_epoch,
+        "optimization_mode": "max", "best_validation_score": info.best_score, "best_epoch": info.best_epoch,
         "validation_metrics": _metrics_only(latest), "best_validation_metrics": _metrics_only(best),
         "history": [{"epoch": int(h["epoch"]), "metrics": _metrics_only(h)} for h in info.history
                     if isinstance(h.get("epoch"), int)],
@@ -238,9 +237,9 @@ def build_trial_report(trial_dir: Path, *, trial_id: str | None = None, metric: 
 
 
 def write_trial_report(trial_dir: Path, *, trial_id: str | None = None, metric: str | None = None,
-                       mode: str | None = None, params: dict[str, Any] | None = None) -> Path:
+                       params: dict[str, Any] | None = None) -> Path:
     """Build, validate and atomically write ``<trial_dir>/evaluation_report.json``."""
-    doc = build_trial_report(trial_dir, trial_id=trial_id, metric=metric, mode=mode, params=params)
+    doc = build_trial_report(trial_dir, trial_id=trial_id, metric=metric, params=params)
     path = Path(trial_dir) / REPORT_FILE
     validate(doc, "trial_report", where=str(path))
     _write_json(path, doc)
@@ -258,7 +257,7 @@ class Selection:
     tied_trial_ids: list[str]
 
 
-def select_checkpoints(trials: list[TrialInfo], mode: str = "max", trial_id: str | None = None) -> Selection:
+def select_checkpoints(trials: list[TrialInfo], trial_id: str | None = None) -> Selection:
     """The best trial (by its best live checkpoint's score) and all its checkpoints at that score.
 
     Retention keeps the study's best checkpoint(s) (ties) and tombstones the rest, so
@@ -266,7 +265,6 @@ def select_checkpoints(trials: list[TrialInfo], mode: str = "max", trial_id: str
     tied at the best score: the first (by folder name) is evaluated, the others listed.
     With ``trial_id`` (Tune id or folder name), that trial is evaluated instead.
     """
-    sign = 1.0 if mode == "max" else -1.0
     if trial_id is not None:
         trials = [t for t in trials if trial_id in (t.trial_id, t.path.name)]
         if not trials:
@@ -275,21 +273,21 @@ def select_checkpoints(trials: list[TrialInfo], mode: str = "max", trial_id: str
     for t in trials:
         live = [c for c in t.checkpoints if c.status == "live" and c.score is not None]
         if live:
-            scored.append((max(sign * c.score for c in live if c.score is not None) * sign, t, live))
+            scored.append((max(c.score for c in live if c.score is not None), t, live))
     if not scored:
         which = f"trial {trial_id!r}" if trial_id else "this study"
         raise EvaluationError(f"{which} has no live checkpoint with a score (all pruned or invalid); "
                               "nothing to evaluate")
-    best = max(sign * s for s, _, _ in scored) * sign
+    best = max(s for s, _, _ in scored)
     tied = [(t, live) for s, t, live in scored if abs(s - best) <= TIE_TOL]
     trial, live = tied[0]
     # Invalid ones at the best score are kept too: the evaluation reports them as skipped.
     chosen = [c for c in trial.checkpoints if c.status in ("live", "invalid") and c.score is not None
               and abs(c.score - best) <= TIE_TOL]
-    history_best = max((sign * t.best_score for t in trials if t.best_score is not None), default=None)
-    if history_best is not None and sign * best < history_best - TIE_TOL:
+    history_best = max((t.best_score for t in trials if t.best_score is not None), default=None)
+    if history_best is not None and best < history_best - TIE_TOL:
         logger.warning("the best validation score in the trial histories (%s) has no live checkpoint; "
-                       "evaluating the best live one (%s)", sign * history_best, best)
+                       "evaluating the best live one (%s)", history_best, best)
     return Selection(trial=trial, checkpoints=chosen, score=best,
                      tied_trial_ids=[t.trial_id for t, _ in tied[1:]])
 
@@ -340,9 +338,8 @@ def aggregate(per_checkpoint: list[dict[str, Any]]) -> tuple[dict[str, Any], dic
     return mean, {"method": "mean", "num_checkpoints": len(per_checkpoint), "std": std}
 
 
-def _top_trials(trials: list[TrialInfo], mode: str, n: int = TOP_TRIALS) -> list[dict[str, Any]]:
-    sign = 1.0 if mode == "max" else -1.0
-    ranked = sorted(trials, key=lambda t: (t.best_score is None, -sign * (t.best_score or 0.0), t.path.name))
+def _top_trials(trials: list[TrialInfo], n: int = TOP_TRIALS) -> list[dict[str, Any]]:
+    ranked = sorted(trials, key=lambda t: (t.best_score is None, -(t.best_score or 0.0), t.path.name))
     return [{"rank": i + 1, "trial_id": t.trial_id, "trial_dir": t.path.name,
              "best_validation_score": t.best_score, "best_epoch": t.best_epoch, "status": t.status,
              "params": t.params} for i, t in enumerate(ranked[:n])]
@@ -369,11 +366,11 @@ def evaluate_study(study_dir: Path, *, split: str = "test", trial_id: str | None
 
     study_dir = Path(study_dir).resolve()
     study_cfg = read_study_config(study_dir)
-    metric, mode = study_cfg.tune.metric, study_cfg.tune.mode
-    trials = [read_trial(d, metric, mode) for d in trial_dirs(study_dir)]
+    metric = study_cfg.tune.metric
+    trials = [read_trial(d, metric) for d in trial_dirs(study_dir)]
     if not trials:
         raise EvaluationError(f"{study_dir} holds no trial folders; run the study first")
-    sel = select_checkpoints(trials, mode, trial_id)
+    sel = select_checkpoints(trials, trial_id)
     cfg = read_trial_config(sel.trial.path, study_cfg)
     torch_device = select_device(device or cfg.train.device)
     names = criteria_names(cfg)
@@ -428,7 +425,7 @@ def evaluate_study(study_dir: Path, *, split: str = "test", trial_id: str | None
         "scope": "trial" if trial_id is not None else "study", "split": split,
         "best_trial_id": sel.trial.trial_id, "best_trial_dir": sel.trial.path.name,
         "tied_best_trial_ids": sel.tied_trial_ids, "generated_at": _now(), "source": source,
-        "optimization_metric_name": metric, "optimization_mode": mode, "best_validation_score": sel.score,
+        "optimization_metric_name": metric, "optimization_mode": "max", "best_validation_score": sel.score,
         "config": cfg.to_dict(),
         "data": {"dataset_id": meta.get("dataset_id"), "dataset_revision": meta.get("dataset_revision"),
                  "split_sizes": {"validation": len(val_posts), split: len(eval_posts)}},
@@ -452,8 +449,8 @@ def evaluate_study(study_dir: Path, *, split: str = "test", trial_id: str | None
         "trials_count": len(trials), "trials_completed": sum(t.status == STATE_COMPLETED for t in trials),
         # Stopped early by the scheduler: considered like any other trial (best epoch, checkpoints).
         "trials_stopped": sum(t.status == STATE_STOPPED for t in trials),
-        "top_trials": _top_trials(trials, mode),
-        "param_importance": param_importance(trials, mode),
+        "top_trials": _top_trials(trials),
+        "param_importance": param_importance(trials),
     }
     report = _clean(report)
     validate(report, "study_report", where=f"report of {study_dir}")
@@ -470,8 +467,8 @@ def write_study_report(report: dict[str, Any], out_dir: Path, *, study_dir: Path
 
         trials = []
         if study_dir is not None:
-            metric, mode = report["optimization_metric_name"], report["optimization_mode"]
-            trials = [read_trial(d, metric, mode) for d in trial_dirs(study_dir)]
+            metric = report["optimization_metric_name"]
+            trials = [read_trial(d, metric) for d in trial_dirs(study_dir)]
         report["artifacts"] = render_all(report, trials, out_dir)
     path = out_dir / REPORT_FILE
     validate(report, "study_report", where=str(path))

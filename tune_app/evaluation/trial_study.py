@@ -102,7 +102,7 @@ def sampled_distributions(trials: list[TrialInfo]) -> dict[str, Any]:
     return {n: d for n, d in found.items() if all(fits(d, t.params[n]) for t in trials if n in t.params)}
 
 
-def plot_study(trials: list[TrialInfo], mode: str = "max") -> optuna.Study:
+def plot_study(trials: list[TrialInfo]) -> optuna.Study:
     """An in-memory Optuna study with one ``COMPLETE`` trial per scored trial (in start order).
 
     Each holds the trial's params (those it has: conditional params stay missing) and its
@@ -112,7 +112,7 @@ def plot_study(trials: list[TrialInfo], mode: str = "max") -> optuna.Study:
     ranges and choices), else one spanning its values over these trials (categorical values
     as strings). The DB's own trials are not used as they are: Optuna holds a stopped trial as
     PRUNED and a finished one with its last epoch, where the report ranks every trial by its
-    best epoch. Trials without a score are left out. ``mode``: ``tune.mode`` (``max``/``min``).
+    best epoch. Trials without a score are left out.
     """
     import optuna
 
@@ -121,7 +121,7 @@ def plot_study(trials: list[TrialInfo], mode: str = "max") -> optuna.Study:
     sampled = sampled_distributions(kept)
     dists = {n: sampled.get(n) or distribution([t.params[n] for t in kept if n in t.params]) for n in names}
     with quiet_optuna():
-        study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+        study = optuna.create_study(direction="maximize")
         for t in kept:
             params = {n: (str(v) if n not in sampled
                           and isinstance(dists[n], optuna.distributions.CategoricalDistribution) else v)

@@ -38,7 +38,7 @@ def _score(value: Any) -> str:
     return fmt(value) if isinstance(value, (int, float)) and math.isfinite(value) else "-"
 
 
-def trial_task_name(trial: Any, method: str, *, metric: str, mode: str, max_epochs: int | None) -> str:
+def trial_task_name(trial: Any, method: str, *, metric: str, max_epochs: int | None) -> str:
     """The dashboard name of ``trial``'s next ``method`` call (``train``: the epoch it trains)."""
     from tune_app.tracking.progress import trial_number
 
@@ -51,7 +51,7 @@ def trial_task_name(trial: Any, method: str, *, metric: str, mode: str, max_epoc
     text = f"{head}: epoch {epoch}" + (f"/{max_epochs}" if max_epochs else "")
     if metric in last:
         analysis = getattr(getattr(trial, "run_metadata", None), "metric_analysis", {}) or {}
-        best = analysis.get(metric, {}).get(mode)
+        best = analysis.get(metric, {}).get("max")
         text += f", {metric} {_score(last[metric])} (best {_score(best)})"
     return text
 
@@ -67,12 +67,12 @@ class _NamedCalls:
         return attr.options(name=self._name) if item == self._method else attr
 
 
-def name_trial_tasks(*, metric: str, mode: str, max_epochs: int | None) -> None:
+def name_trial_tasks(*, metric: str, max_epochs: int | None) -> None:
     """Name every trial task Tune schedules from now on in this process (idempotent)."""
     from ray.air.execution._internal.actor_manager import RayActorManager
     from ray.tune.execution.tune_controller import TuneController
 
-    _settings.update(metric=metric, mode=mode, max_epochs=max_epochs)
+    _settings.update(metric=metric, max_epochs=max_epochs)
     if getattr(TuneController._schedule_trial_task, _MARK, False):
         return
     schedule_trial_task = TuneController._schedule_trial_task

@@ -112,7 +112,6 @@ class ResumableMLflowLoggerCallback(LoggerCallback):
     # Defaults for attributes added after the first release: a study's tuner.pkl holds the
     # callback as it was pickled then (the README's ``Tuner.restore`` unpickles it).
     metric: str = "val_macro_f1"
-    mode: str = "max"
     num_samples: int | None = None
     study_seed: int | None = None
     seed_policy: str | None = None
@@ -122,7 +121,7 @@ class ResumableMLflowLoggerCallback(LoggerCallback):
                  study_dir: Path | str | None = None, extra_tags: dict[str, str] | None = None,
                  buffer_warn_mb: float = 100.0, close_timeout_s: float = 120.0,
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 30.0,
-                 metric: str = "val_macro_f1", mode: str = "max", num_samples: int | None = None,
+                 metric: str = "val_macro_f1", num_samples: int | None = None,
                  study_seed: int | None = None, seed_policy: str | None = None,
                  study_params: dict[str, Any] | None = None) -> None:
         self.tracking_uri = tracking_uri
@@ -136,7 +135,6 @@ class ResumableMLflowLoggerCallback(LoggerCallback):
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.metric = metric
-        self.mode = mode
         self.num_samples = num_samples
         self.study_seed = study_seed
         self.seed_policy = seed_policy
@@ -152,7 +150,7 @@ class ResumableMLflowLoggerCallback(LoggerCallback):
         self._trial_runs: dict[str, str] = {}  # trial_id -> run id or pending placeholder
         self._last_step: dict[str, int] = {}
         self._study_run: str | None = None
-        self._summary = StudySummary(self.metric, self.mode, self.num_samples)
+        self._summary = StudySummary(self.metric, self.num_samples)
         self.tags: dict[str, str] = {}
 
     # Tune pickles callbacks into tuner.pkl; clients and threads must not travel.

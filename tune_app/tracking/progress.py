@@ -122,7 +122,7 @@ def trial_number(trial: Trial, default: int) -> int:
     return int(head) if head.isdigit() else default
 
 
-def study_progress(trials: Sequence[Trial], total: int, metric: str, mode: str,
+def study_progress(trials: Sequence[Trial], total: int, metric: str,
                    finished: Trial | None = None, stopped: set[str] | None = None,
                    durations: Sequence[float] | None = None,
                    best: Mapping[str, float] | None = None) -> StudyProgress:
@@ -151,9 +151,9 @@ def study_progress(trials: Sequence[Trial], total: int, metric: str, mode: str,
             if isinstance(seconds, int | float) and seconds > 0:
                 measured.append(float(seconds))
         value = (best.get(trial.trial_id) if best is not None
-                 else (trial.metric_analysis or {}).get(metric, {}).get(mode))
+                 else (trial.metric_analysis or {}).get(metric, {}).get("max"))
         if isinstance(value, int | float) and math.isfinite(value) and (
-                best_value is None or (value > best_value if mode == "max" else value < best_value)):
+                best_value is None or value > best_value):
             best_value, best_index, best_id = float(value), trial_number(trial, index), trial.trial_id
     durations = list(durations) if durations is not None else measured
     mean = sum(durations) / len(durations) if durations else None
@@ -226,12 +226,11 @@ class ProgressCallback(Callback):
     max_epochs: int | None = None
     live: bool | None = None
 
-    def __init__(self, *, num_samples: int, metric: str, mode: str, study_dir: Path | str,
+    def __init__(self, *, num_samples: int, metric: str, study_dir: Path | str,
                  mlflow_callback: ResumableMLflowLoggerCallback | None = None, max_epochs: int | None = None,
                  live: bool | None = None) -> None:
         self.num_samples = num_samples
         self.metric = metric
-        self.mode = mode
         self.study_dir = Path(study_dir)
         self.mlflow_callback = mlflow_callback
         self.max_epochs = max_epochs
@@ -255,14 +254,14 @@ class ProgressCallback(Callback):
         cache: dict[str, tuple[float | None, int | None]] = self._rt("_best", {})
         if trial.trial_id in cache:
             return cache[trial.trial_id]
-        value = (getattr(trial, "metric_analysis", None) or {}).get(self.metric, {}).get(self.mode)
+        value = (getattr(trial, "metric_analysis", None) or {}).get(self.metric, {}).get("max")
         best: tuple[float | None, int | None] = (float(value), None) if isinstance(value, int | float) else (None, None)
         path = getattr(getattr(trial, "storage", None), "trial_fs_path", None)
         if ended and path:
             from tune_app import outcome
 
             state = outcome.read_trial_state(path)
-            found = outcome.best_epoch([*state.get("history", []), trial.last_result or {}], self.metric, self.mode)
+            found = outcome.best_epoch([*state.get("history", []), trial.last_result or {}], self.metric)
             if found[0] is not None:
                 best = found
             cache[trial.trial_id] = best
@@ -277,7 +276,7 @@ class ProgressCallback(Callback):
         ends: list[float] = self._rt("_ends", [])
         best = {t.trial_id: b for t in trials
                 if (b := self._trial_best(t, outcome.tune_ended(t.status) or t is finished)[0]) is not None}
-        progress = study_progress(trials, self.num_samples, self.metric, self.mode, finished,
+        progress = study_progress(trials, self.num_samples, self.metric, finished,
                                   stopped={t for t, s in stopped.items() if s}, durations=ends or None, best=best)
         logger.info(progress.line, extra={"progress": asdict(progress), "console": False})
         from tune_app.study import write_json_atomic

@@ -34,12 +34,12 @@ class TrialEntry:
     epoch: int | None
 
 
-def trial_entry(trial: Any, metric: str, mode: str, *, ended: bool, failed: bool) -> TrialEntry:
+def trial_entry(trial: Any, metric: str, *, ended: bool, failed: bool) -> TrialEntry:
     """The entry of Tune's ``trial`` from its ``trial_state.json`` (history, stop record)."""
     path = getattr(getattr(trial, "storage", None), "trial_fs_path", None)
     state = outcome.read_trial_state(path) if path else {}
     history = [*state.get("history", []), getattr(trial, "last_result", None) or {}]
-    best, epoch = outcome.best_epoch(history, metric, mode)
+    best, epoch = outcome.best_epoch(history, metric)
     kind: str | None = None
     if failed:
         kind = outcome.FAILED
@@ -53,7 +53,6 @@ class StudySummary:
     """The study run's view of the study; ended trials are read once (they do not change)."""
 
     metric: str
-    mode: str = "max"
     planned: int | None = None
     entries: dict[str, TrialEntry] = field(default_factory=dict)
 
@@ -68,15 +67,14 @@ class StudySummary:
             status = getattr(trial, "status", None)
             ended = is_ending or outcome.tune_ended(status)
             self.entries[trial.trial_id] = trial_entry(
-                trial, self.metric, self.mode, ended=ended,
+                trial, self.metric, ended=ended,
                 failed=(failed if is_ending else outcome.tune_failed(status)))
 
     def best(self) -> tuple[str | None, float | None, int | None]:
         """``(trial id, score, epoch)`` of the best epoch of any trial (ties: the first trial)."""
-        sign = 1.0 if self.mode == "max" else -1.0
         found: tuple[str | None, float | None, int | None] = (None, None, None)
         for trial_id, entry in self.entries.items():
-            if entry.best is not None and (found[1] is None or sign * entry.best > sign * found[1]):
+            if entry.best is not None and (found[1] is None or entry.best > found[1]):
                 found = (trial_id, entry.best, entry.epoch)
         return found
 
@@ -88,7 +86,7 @@ class StudySummary:
         """The study run's tags: best trial id / score / epoch / metric and the trial counts."""
         trial_id, score, epoch = self.best()
         counts = self.counts()
-        tags = {BEST_METRIC_TAG: f"{self.metric} ({self.mode})",
+        tags = {BEST_METRIC_TAG: f"{self.metric} (max)",
                 FINISHED_TAG: str(counts[outcome.FINISHED]), STOPPED_TAG: str(counts[outcome.STOPPED]),
                 FAILED_TAG: str(counts[outcome.FAILED])}
         if self.planned is not None:
