@@ -50,3 +50,11 @@ def test_driver_log_in_session_folder_masks_secrets_and_replaces_earlier(tmp_pat
                 app.removeHandler(h)
                 h.close()
         app.setLevel(level)
+
+
+def test_the_settings_name_trial_tasks_keeps_are_what_trial_task_name_takes() -> None:
+    from tune_app.tracking import dashboard
+
+    dashboard.name_trial_tasks(metric="val_macro_f1", max_epochs=3)
+    name = trial_task_name(_trial({"epoch": 1, "val_macro_f1": 0.5}, best=0.5), "train", **dashboard._settings)
+    assert name == "trial 3 (ab12c_00002): epoch 2/3, val_macro_f1 0.5 (best 0.5)"

@@ -29,7 +29,7 @@ _MARK = "_tune_app_names_tasks"
 _NAMES_ATTR = "_tune_app_task_names"
 
 #: What the task names show (set by :func:`name_trial_tasks`, read on the driver only).
-_settings: dict[str, Any] = {"metric": "val_macro_f1", "mode": "max", "max_epochs": None}
+_settings: dict[str, Any] = {"metric": "val_macro_f1", "max_epochs": None}
 
 
 def _score(value: Any) -> str:
