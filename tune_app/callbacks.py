@@ -47,6 +47,11 @@ STEP_ACTIONS = {1: "prune the running trial's unprotected checkpoints",
                 3: "keep only the single best checkpoint of the study"}
 
 
+def _trial_key(trial: Any) -> str:
+    """The trial's folder name: how records name their trial."""
+    return Path(trial.storage.trial_fs_path).name
+
+
 class RetentionCallback(Callback):
     """Decides, after every checkpoint and trial end, which checkpoint bytes stay."""
 
@@ -91,22 +96,28 @@ class RetentionCallback(Callback):
     def records(self) -> dict[str, CheckpointRecord]:
         return self.keeper.records
 
-    def _trial_key(self, trial: Any) -> str:
-        return Path(trial.storage.trial_fs_path).name
+    def escalate(self, step: int) -> None:
+        """Storage pressure's step (0-3; storage pressure decides it): steps 1-2 tighten the
+        policy (``retention.escalate``), step 3 keeps only the study's single best."""
+        self.pressure_step = max(0, min(int(step), 3))
+
+    def prune_trial_unprotected(self, trial: Any, reason: str) -> int:
+        """Have the keeper prune ``trial``'s checkpoints the current policy does not protect."""
+        return self.keeper.prune_unprotected(_trial_key(trial), self.policy, reason)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         path = Path(checkpoint.path)
         score = (trial.last_result or {}).get(self.metric)
         index = checkpoint_index(path)
         self.keeper.add(CheckpointRecord(
-            trial_id=self._trial_key(trial), path=str(path), index=-1 if index is None else index,
+            trial_id=_trial_key(trial), path=str(path), index=-1 if index is None else index,
             score=float(score) if isinstance(score, int | float) else None,
             size_bytes=dir_nbytes(path), trial_finished=False,
         ))
         self.apply()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        key = self._trial_key(trial)
+        key = _trial_key(trial)
         for rec in list(self.records.values()):
             if rec.trial_id == key and not rec.trial_finished:
                 self.keeper.add(dataclasses.replace(rec, trial_finished=True))
@@ -176,7 +187,7 @@ class StoragePressureCallback(Callback):
         self.study_dir.mkdir(parents=True, exist_ok=True)
         recorded = [int(e.get("step", 0)) for e in read_pressure_record(self.study_dir)]
         if recorded and max(recorded) > self.retention.pressure_step:
-            self.retention.pressure_step = min(max(recorded), 3)
+            self.retention.escalate(max(recorded))
             logger.warning("storage pressure: continuing at step %d recorded in %s",
                            self.retention.pressure_step, self.study_dir / PRESSURE_FILE)
         self._monitor = StorageMonitor(self.study_dir, interval_s=self.interval_s,
@@ -206,8 +217,8 @@ class StoragePressureCallback(Callback):
             from tune_app.tracking.buffer import flush_all
 
             flush_all(timeout_s=10)
-            self.retention.pressure_step += 1
-            step = self.retention.pressure_step
+            step = self.retention.pressure_step + 1
+            self.retention.escalate(step)
             logger.warning("storage pressure: %.1f%% free, escalating retention to step %d (%s)",
                            100 * status.free_fraction, step, STEP_ACTIONS[step])
             self._record(trial, step, status.free_fraction)
@@ -223,11 +234,9 @@ class StoragePressureCallback(Callback):
 
     def _prune_trial_unprotected(self, trial: Any) -> int:
         """Step 1: the running trial keeps only protected checkpoints (study best, resume point)."""
-        key = self.retention._trial_key(trial)
-        freed = self.retention.keeper.prune_unprotected(key, self.retention.policy,
-                                                        "storage pressure step 1: unprotected")
+        freed = self.retention.prune_trial_unprotected(trial, "storage pressure step 1: unprotected")
         if freed:
-            logger.warning("storage pressure step 1: pruned %.1f MB of trial %s", freed / 1e6, key)
+            logger.warning("storage pressure step 1: pruned %.1f MB of trial %s", freed / 1e6, _trial_key(trial))
         return freed
 
     def _record(self, trial: Any | None, step: int, free_fraction: float) -> None:
