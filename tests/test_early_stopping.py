@@ -90,6 +90,19 @@ def test_record_stopped_keeps_history_and_a_revived_trial_gets_its_last_result(t
     assert not list(tmp_path.glob(".tmp-*")), "atomic write left its temp file"
 
 
+def test_a_completed_trial_reports_its_last_result_only_when_every_planned_epoch_trained(tmp_path: Path) -> None:
+    history = [{"epoch": 1, METRIC: 0.4}, {"epoch": 2, METRIC: 0.3}]
+    state = tmp_path / "trial_state.json"
+    assert outcome.completed_final_result(tmp_path, 2) is None  # no state yet: a fresh trial
+    state.write_text(json.dumps({"status": "running", "history": history}))
+    assert outcome.completed_final_result(tmp_path, 2) is None  # interrupted: a resume trains on
+    state.write_text(json.dumps({"status": "completed", "history": history}))
+    assert outcome.completed_final_result(tmp_path, 2) == history[-1]
+    assert outcome.completed_final_result(tmp_path, 3) is None  # planned more epochs than it trained
+    state.write_text(json.dumps({"status": "completed", "history": []}))
+    assert outcome.completed_final_result(tmp_path, 2) is None
+
+
 # --- the schedulers, driven like Tune drives them ----------------------------------------
 def _trial(root: Path, trial_id: str, epochs: int | None = None) -> Any:
     trial_dir = root / f"train_trial_{trial_id}"

@@ -28,6 +28,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from tune_app.checkpoints import failpoints
 from tune_app.checkpoints.keeper import CheckpointKeeper
 from tune_app.checkpoints.retention import CheckpointRecord, RetentionPolicy, escalate
 from tune_app.checkpoints.store import checkpoint_index, dir_nbytes
@@ -122,6 +123,7 @@ class RetentionCallback(Callback):
             if rec.trial_id == key and not rec.trial_finished:
                 self.keeper.add(dataclasses.replace(rec, trial_finished=True))
         self.apply()
+        failpoints.pause("trial_end")  # crash tests: pruned for an ended trial, Tune's state not saved yet
 
     def apply(self) -> int:
         """Have the keeper prune what the current policy does not keep; returns bytes freed."""

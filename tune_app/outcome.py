@@ -135,6 +135,17 @@ def stopped_final_result(trial_dir: Path | str) -> dict[str, Any] | None:
     return dict(history[-1]) if history else {"epoch": int(state.get("epoch") or 0)}
 
 
+def completed_final_result(trial_dir: Path | str, planned_epochs: int) -> dict[str, Any] | None:
+    """For a trial whose ``trial_state.json`` shows it trained all ``planned_epochs``: its last
+    epoch's metrics (what a revived trial reports instead of training again); else ``None``."""
+    state = read_trial_state(trial_dir)
+    history = [h for h in state.get("history", []) if isinstance(h, dict)]
+    if state.get("status") != STATE_COMPLETED or not history:
+        return None
+    last = history[-1].get("epoch")
+    return dict(history[-1]) if isinstance(last, int) and last >= planned_epochs else None
+
+
 # --- planned epochs and the driver's view ----------------------------------------------
 def best_epoch(history: Sequence[Any], metric: str) -> tuple[float | None, int | None]:
     """A trial's best ``metric`` over its epochs (finite values only) and that epoch: the one

@@ -36,7 +36,7 @@ from tune_app import config as config_mod
 from tune_app.config import AppConfig, ConfigError
 from tune_app.data.loader import SplitData, build_split
 from tune_app.early_stopping import training_slot
-from tune_app.outcome import stopped_final_result
+from tune_app.outcome import completed_final_result, stopped_final_result
 from tune_app.study import (
     SPLITS_FILE,
     TRIAL_CONFIG,
@@ -454,6 +454,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
         check_compat,
         estimate_checkpoint_bytes,
         load_checkpoint,
+        read_trainer_state,
         restore_rng_state,
     )
     from tune_app.data.redsm5 import load_splits
@@ -506,6 +507,16 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     preferred = Path(tune_ckpt.path) if tune_ckpt is not None else None
     plan = plan_resume(trial_dir, tune_checkpoint=preferred, next_index=storage.current_checkpoint_index + 1)
     resume_from = plan.resume_from
+    # Finished before a kill, but Tune's saved state did not record its end, and retention had
+    # already pruned the checkpoints it would resume from: never trained again.
+    resumes_at = int(read_trainer_state(resume_from)["epoch"]) + 1 if resume_from is not None else 1
+    final = completed_final_result(trial_dir, epochs) if resumes_at <= epochs else None
+    if final is not None:
+        logger.warning("trial %s had trained all %d epochs (%s) before the study stopped, and Tune's saved "
+                       "state missed its end: not training it again, reporting its last result",
+                       ctx.get_trial_id(), epochs, TRIAL_STATE)
+        tune.report(final)
+        return
     if resume_from is not None:
         loaded = load_checkpoint(resume_from, map_location=device)
         check_compat(loaded.compat, compat)

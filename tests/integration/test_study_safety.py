@@ -28,7 +28,7 @@ from tests.integration.study_tools import (
     trial_state,
     wait_for,
 )
-from tune_app.checkpoints.store import is_tombstone, verify_checkpoint
+from tune_app.checkpoints.store import is_tombstone, prune_checkpoint, verify_checkpoint
 from tune_app.tracking.mlflow_callback import TRIAL_ID_TAG
 
 pytestmark = pytest.mark.slow
@@ -107,6 +107,36 @@ def test_a_checkpoint_tune_never_saw_is_resumed_from_and_its_epoch_reported_once
     reported = [json.loads(line)["epoch"] for line in (trial / "result.json").read_text().splitlines() if line]
     assert reported == list(range(1, epochs + 1)), f"Tune's results of the trial: {reported}"
     assert sorted(p.name for p in trial.glob("checkpoint_*")) == [f"checkpoint_00000{i}" for i in range(epochs)]
+
+
+def test_a_trial_that_ended_before_tunes_state_recorded_it_is_not_trained_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kill after retention pruned (weights-only: demoted) an ended trial's checkpoints and before
+    Tune's saved state recorded the end: ``resume=`` reports the trial's last result again and
+    trains nothing, even when the checkpoint it would resume from is gone."""
+    storage, study, log, args = _study(tmp_path, "ended", samples=1, epochs=3)
+    marks = tmp_path / "marks"
+    monkeypatch.setenv("TUNE_APP_FAILPOINT_MARKS", str(marks))
+    proc = start_run([*args, "retention.keep_optimizer_state=false"], log, failpoints="trial_end=120")
+    try:
+        wait_for(lambda: (marks / "trial_end").exists(), 300, "retention ran for the ended trial", proc, log)
+        kill_group(proc)
+    finally:
+        end_group(proc)
+    (trial,) = trial_dirs(study)
+    assert trial_state(trial)["status"] == "completed"
+    # Retention kept the ended trial's best; when that is an earlier epoch the last checkpoint is
+    # gone. Make it so whichever epoch scored best here: nothing is left to resume the last epoch from.
+    last = max(trial.glob("checkpoint_*"))
+    if not is_tombstone(last):
+        prune_checkpoint(last, reason="test: an earlier epoch was the best")
+    resume_log = tmp_path / "resume.log"
+    assert run([f"resume={study}"], resume_log) == 0, tail(resume_log)
+    _check_complete(storage, study, samples=1, epochs=3)
+    assert len(trial_state(trial)["starts"]) == 1, f"trained again: {trial_state(trial)['starts']}"
+    assert "not training it again" in (trial / "logs" / "trial.jsonl").read_text()
+    reported = [json.loads(line)["epoch"] for line in (trial / "result.json").read_text().splitlines() if line]
+    assert reported == [1, 2, 3], f"Tune's results of the trial: {reported}"
 
 
 def test_a_second_command_on_a_running_study_is_refused(tmp_path: Path) -> None:

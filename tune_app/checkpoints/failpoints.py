@@ -13,7 +13,9 @@ Tune's files are not), ``trial_start`` (in the trainable: the trial's folder and
 exist, nothing is trained or reported yet), ``report`` (in the trainable: the epoch's
 checkpoint is published and in ``trial_state.json``, not yet reported to Tune), ``stop``
 (in the early-stopping scheduler: the stop is in ``trial_state.json``, not yet in
-``meta/early_stopping.json`` nor in Tune's experiment state), ``study_report`` (in
+``meta/early_stopping.json`` nor in Tune's experiment state), ``trial_end`` (in the driver's
+retention callback: a trial has ended and retention pruned its checkpoints; Tune's
+experiment state does not record the end yet), ``study_report`` (in
 ``write_study_report``: plots and HTML page written, the JSON report not yet), ``cleanup`` (in ``python -m tune_app.cleanup``: the report is printed, nothing
 deleted yet).
 
@@ -28,6 +30,7 @@ import os
 import time
 
 ENV_VAR = "TUNE_APP_FAILPOINTS"
+MARKS_VAR = "TUNE_APP_FAILPOINT_MARKS"
 
 
 def _seconds(spec: str, name: str) -> float:
@@ -49,11 +52,18 @@ def _seconds(spec: str, name: str) -> float:
 
 
 def pause(name: str) -> None:
-    """Sleep at failpoint ``name`` if ``TUNE_APP_FAILPOINTS`` names it."""
+    """Sleep at failpoint ``name`` if ``TUNE_APP_FAILPOINTS`` names it; with
+    ``TUNE_APP_FAILPOINT_MARKS=<dir>`` set, first create ``<dir>/<name>`` (a test knows the
+    process is inside the pause)."""
     spec = os.environ.get(ENV_VAR)
     if spec:
         seconds = _seconds(spec, name)
         if seconds > 0:
+            marks = os.environ.get(MARKS_VAR)
+            if marks:
+                os.makedirs(marks, exist_ok=True)
+                with open(os.path.join(marks, name), "a", encoding="utf-8"):
+                    pass
             time.sleep(seconds)
 
 
