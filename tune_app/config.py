@@ -143,11 +143,10 @@ class RetentionConfig:
     keep_last_n: int = at_least(1, 0)
     keep_best_k: int = at_least(1)
     keep_best_k_max: int = at_least(2)
-    #: False: a kept checkpoint that is no longer a resume point (a study best of an ended
-    #: trial, a running trial's older ones) loses its optimiser and scheduler state (about
-    #: 2/3 of an AdamW checkpoint); evaluation needs only the weights. Opt-in for now: the
-    #: kill tests found a window it widens (README, "Checkpoints and disk").
-    keep_optimizer_state: bool = True
+    #: False (default): a kept checkpoint that is no longer a resume point (a study best of an
+    #: ended trial, a running trial's older ones) loses its optimiser and scheduler state
+    #: (about 2/3 of an AdamW checkpoint); evaluation needs only the weights.
+    keep_optimizer_state: bool = False
     max_total_size_gb: float = 10.0
     monitor_interval_s: float = 60.0
     warn_free_fraction: float = 0.10

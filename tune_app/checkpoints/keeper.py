@@ -152,7 +152,7 @@ class CheckpointKeeper:
         self.metric = metric
         self.verify: Verify = verify
         #: False: a kept checkpoint that is no longer a resume point loses its optimiser and
-        #: scheduler state (``retention.keep_optimizer_state``; opt-in, see the README).
+        #: scheduler state (``retention.keep_optimizer_state``; false by default).
         self.keep_optimizer_state = keep_optimizer_state
         #: Finish prunes a crash interrupted when reading the records (the driver; the trainable's
         #: reclaim leaves them to it, so two processes never prune one folder at once).
