@@ -7,7 +7,7 @@ The evaluation pass is :mod:`tune_app.evaluation.forward`; this module runs the 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -64,7 +64,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
                     loss_kwargs: Mapping[str, Any], device: torch.device | str,
                     grad_accumulation_steps: int = 1, fgm_epsilon: float = 0.0,
                     precision: str = "auto", max_grad_norm: float = 1.0,
-                    scaler: torch.amp.GradScaler | None = None) -> float:
+                    scaler: torch.amp.GradScaler | None = None,
+                    on_batch: Callable[[], object] | None = None) -> float:
     """Train ``model`` for one pass over ``loader``; return the mean clean batch loss.
 
     ``loss_kwargs`` go to :func:`tune_app.models.losses.joint_loss` (evidence_weight,
@@ -74,6 +75,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
     N accumulated batches of size b give the mean gradient of the N*b examples (for equal
     per-batch normalisation). Gradients are clipped to ``max_grad_norm`` (<= 0: no
     clipping). ``fgm_epsilon > 0`` adds an FGM adversarial forward/backward per batch.
+    ``on_batch()``, if given, runs after each batch (and its optimiser step, if any), on this
+    thread: the trainable reports a background checkpoint there once it is durable.
     On CUDA, ``precision`` autocasts (``auto``: bf16, fp16 + GradScaler where bf16 is
     unsupported); on CPU nothing changes, so a seeded run reproduces bit for bit.
     """
@@ -122,6 +125,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
         if pending == grad_accumulation_steps:
             step()
             pending = 0
+        if on_batch is not None:
+            on_batch()
     if pending:
         step()
     return total / max(seen, 1)
