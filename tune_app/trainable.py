@@ -5,7 +5,10 @@ newest valid checkpoint -> epoch loop (train, validate, save checkpoint, report)
 
 Checkpoints: each epoch's checkpoint is written atomically, hashed, straight into the
 folder Tune will register for it (``<trial>/checkpoint_00000N``), and reported with an
-empty staging folder, so Tune copies nothing and no byte is stored twice. On restore,
+empty staging folder, so Tune copies nothing and no byte is stored twice. With
+``checkpoint.async_save`` the write runs on a background thread while the next epoch trains
+(``checkpoints.async_save``) and the epoch is reported between training steps once its
+checkpoint is durable; otherwise the epoch is saved and reported at once. On restore,
 Tune's checkpoint is the preferred resume point; a corrupt one falls back to the
 previous valid checkpoint of the trial (see ``checkpoints.store``).
 """
@@ -575,8 +578,8 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     background = choose_async_save(cfg, device, projected)
 
     epoch_times: list[float] = []
-    snapshotter = StateSnapshotter()
-    with AsyncCheckpointer() as saver:
+    # Leaving: the write in flight is waited for first, then the snapshot's buffers are freed.
+    with StateSnapshotter() as snapshotter, AsyncCheckpointer() as saver:
         for epoch in range(start_epoch, epochs + 1):
             epoch_start = time.monotonic()
             with gpu_oom_as_trial_error(cfg, device):
@@ -639,7 +642,6 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
             logger.info("epoch %d: checkpoint %s snapshotted in %.3f s, writing in the background", epoch,
                         target.name, time.monotonic() - stall)
         saver.wait()  # the last epoch reaches Tune once its checkpoint is durable
-    snapshotter.release()
 
     if finished and not plan.catch_up:
         # Restarted after its last epoch (e.g. killed before Tune recorded the end):

@@ -113,6 +113,12 @@ class StateSnapshotter:
         """Drop the buffers (the end of a trial: a reused worker must not keep them)."""
         self._buffers.clear()
 
+    def __enter__(self) -> StateSnapshotter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
     def _copy(self, obj: Any, path: str) -> Any:
         if isinstance(obj, torch.Tensor):
             return self._copy_tensor(obj, path)
