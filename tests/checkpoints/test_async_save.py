@@ -315,3 +315,19 @@ def test_async_save_setting_and_memory_check() -> None:
     assert snapshot_fits_in_memory(1 << 30, margin_bytes=0, available=lambda: 2 << 30)
     assert not snapshot_fits_in_memory(1 << 30, margin_bytes=1 << 30, available=lambda: (2 << 30) - 1)
     assert snapshot_fits_in_memory(1 << 40, available=lambda: None)  # unknown: no refusal
+
+
+def test_a_trial_without_memory_for_the_snapshot_saves_synchronously(monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The trial's preflight counts the snapshot (one copy of model + optimiser state) against free RAM."""
+    from tune_app.checkpoints import async_save
+    from tune_app.trainable import choose_async_save
+
+    cpu = torch.device("cpu")
+    on = compose(["checkpoint.async_save=true"])
+    monkeypatch.setattr(async_save, "available_memory_bytes", lambda: 4 << 30)
+    assert choose_async_save(on, cpu, 3 << 30)
+    assert not choose_async_save(compose([]), cpu, 1 << 20)  # auto: CPU saves synchronously
+    with caplog.at_level("WARNING", logger="tune_app.trainable"):
+        assert not choose_async_save(on, cpu, 4 << 30)  # 4 GiB + the margin do not fit in 4 GiB
+    assert "not enough free host memory for a 4.0 GiB snapshot" in caplog.text

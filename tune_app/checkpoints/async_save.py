@@ -75,9 +75,10 @@ def available_memory_bytes() -> int | None:
 
 
 def snapshot_fits_in_memory(needed_bytes: int, *, margin_bytes: int = SNAPSHOT_MARGIN_BYTES,
-                            available: Callable[[], int | None] = available_memory_bytes) -> bool:
-    """Whether ``needed_bytes`` more of host memory (a snapshot not yet allocated) leave ``margin_bytes``."""
-    free = available()
+                            available: Callable[[], int | None] | None = None) -> bool:
+    """Whether ``needed_bytes`` more of host memory (a snapshot not yet allocated) leave ``margin_bytes``
+    (``available``: :func:`available_memory_bytes` unless given)."""
+    free = (available or available_memory_bytes)()
     return free is None or free >= needed_bytes + margin_bytes
 
 
