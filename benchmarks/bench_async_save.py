@@ -8,10 +8,12 @@ Each round, interleaved:
 
 - **sync**: ``guard.save_epoch_checkpoint`` of the live state; the loop is blocked for all of it
   (the stall), then the next epoch trains N steps;
-- **async**: snapshot (``StateSnapshotter``) and start the write (``AsyncCheckpointer``), then the
-  next epoch trains the same N steps, polling between steps as the trainable does, then waits
-  for the write if it is still running. The stall is what blocks the loop: snapshot + start +
-  the polls that deliver + that final wait.
+- **async**: snapshot (``StateSnapshotter.take_deferred``, as the trainable does on CPU: the
+  weights and AdamW state are copied by the writer while the next batch runs forward and
+  backward, and the optimiser step waits for that copy) and start the write
+  (``AsyncCheckpointer``), then the next epoch trains the same N steps, polling between steps,
+  then waits for the write if it is still running. The stall is what blocks the loop: snapshot
+  + start + the waits before optimiser steps + the polls that deliver + that final wait.
 
 N is set once so an epoch lasts about ``--epoch-s`` seconds. A trial's first snapshot also
 allocates (and page-faults) its buffers; that one-off cost is timed before the rounds and
@@ -48,8 +50,12 @@ from tune_app.checkpoints.store import (
 COMPAT = {"architecture": {"encoder": "bench-bert"}, "heads": {}}
 
 
-def build(layers: int, hidden: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, Callable[[], None]]:
-    """The encoder, AdamW with its state populated (one step), and a training step."""
+Step = Callable[[Callable[[], object] | None], None]
+
+
+def build(layers: int, hidden: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, Step]:
+    """The encoder, AdamW with its state populated (one step), and a training step that calls its
+    argument (``before_update``) between backward and the optimiser step."""
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
@@ -59,13 +65,15 @@ def build(layers: int, hidden: int) -> tuple[torch.nn.Module, torch.optim.Optimi
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     ids = torch.randint(0, cfg.vocab_size, (2, 32))
 
-    def step() -> None:
+    def step(before_update: Callable[[], object] | None = None) -> None:
         out = model(input_ids=ids).last_hidden_state
         out.float().pow(2).mean().backward()
+        if before_update is not None:
+            before_update()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    step()
+    step(None)
     return model, opt, step
 
 
@@ -74,19 +82,32 @@ def live_state(model: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int) -
             "trainer_state": {"epoch": epoch, "metrics": {"val_macro_f1": 0.5}}, "compat": COMPAT}
 
 
-def timed_steps(step: Callable[[], None], n: int, between: Callable[[], object] | None = None) -> tuple[float, float]:
-    """(seconds for ``n`` steps, seconds of that spent in ``between()`` after each step)."""
-    start, inside = time.perf_counter(), 0.0
-    for _ in range(n):
-        step()
-        if between is not None:
+def timed_steps(step: Step, n: int, between: Callable[[], object] | None = None,
+                before_update: Callable[[], object] | None = None) -> tuple[float, float]:
+    """(seconds for ``n`` steps, seconds of that spent in ``before_update()`` before each optimiser
+    step and ``between()`` after each step)."""
+    start, inside = time.perf_counter(), [0.0]
+
+    def timed(hook: Callable[[], object] | None) -> Callable[[], object] | None:
+        if hook is None:
+            return None
+
+        def run() -> None:
             t = time.perf_counter()
-            between()
-            inside += time.perf_counter() - t
-    return time.perf_counter() - start, inside
+            hook()
+            inside[0] += time.perf_counter() - t
+
+        return run
+
+    after, before = timed(between), timed(before_update)
+    for _ in range(n):
+        step(before)
+        if after is not None:
+            after()
+    return time.perf_counter() - start, inside[0]
 
 
-def sync_round(model: torch.nn.Module, opt: torch.optim.Optimizer, step: Callable[[], None], n: int,
+def sync_round(model: torch.nn.Module, opt: torch.optim.Optimizer, step: Step, n: int,
                target: Path, projected: int) -> tuple[float, float]:
     """(stall: the synchronous save, seconds of the next epoch's N steps)."""
     t = time.perf_counter()
@@ -97,21 +118,23 @@ def sync_round(model: torch.nn.Module, opt: torch.optim.Optimizer, step: Callabl
     return stall, train_s
 
 
-def async_round(model: torch.nn.Module, opt: torch.optim.Optimizer, step: Callable[[], None], n: int,
+def async_round(model: torch.nn.Module, opt: torch.optim.Optimizer, step: Step, n: int,
                 target: Path, projected: int, snapshotter: StateSnapshotter) -> tuple[float, float, float]:
-    """(stall: snapshot + start + delivering polls + final wait, snapshot alone, seconds of the N steps
-    without the polls)."""
+    """(stall: snapshot + start + waits before optimiser steps + delivering polls + final wait,
+    snapshot alone, seconds of the N steps without the hooks)."""
     with AsyncCheckpointer() as saver:
         t = time.perf_counter()
         state = live_state(model, opt, 1)
-        snapshot = snapshotter.take({"model_state": state.pop("model_state"),
-                                     "optimizer_state": state.pop("optimizer_state")})
+        params = {p.data_ptr() for p in model.parameters()}
+        snapshot, fill = snapshotter.take_deferred(
+            {"model_state": state.pop("model_state"), "optimizer_state": state.pop("optimizer_state")},
+            copy_now=lambda path, t: path.startswith("model_state") and t.data_ptr() not in params)
         snap_s = time.perf_counter() - t
         saver.start(functools.partial(write_epoch_checkpoint, target, target.parent, projected_bytes=projected,
                                       **snapshot, **state, rng_state=capture_rng_state()),
-                    on_durable=lambda _saved: None)
+                    fill=fill, on_durable=lambda _saved: None)
         started = time.perf_counter() - t
-        train_s, polls = timed_steps(step, n, saver.poll)
+        train_s, polls = timed_steps(step, n, saver.poll, saver.wait_filled)
         t = time.perf_counter()
         saver.wait()
         waited = time.perf_counter() - t
@@ -155,7 +178,7 @@ def main() -> None:
             snaps.append(a_snap)
             ratios.append(a_stall / s_stall)
             slowdown.append(a_train / s_train - 1)
-            print(f"round {r + 1}: sync save {s_stall:6.2f} s | async stall {a_stall:6.3f} s (snapshot {a_snap:.3f} s)"
+            print(f"round {r + 1}: sync save {s_stall:6.2f} s | async stall {a_stall:6.3f} s (snapshot call {a_snap:.3f} s)"
                   f" | ratio {a_stall / s_stall:6.1%} | next epoch's steps {s_train:5.1f} s after sync, "
                   f"{a_train:5.1f} s beside the write", flush=True)
     finally:
@@ -166,7 +189,7 @@ def main() -> None:
 
     print(row("sync save time (stall, s)", sync_stall, ".3f"))
     print(row("async stall (s)", async_stall, ".3f"))
-    print(row("  of which snapshot (s)", snaps, ".3f"))
+    print(row("  of which snapshot call (s)", snaps, ".3f"))
     print(row("async stall / sync save", ratios, ".1%"))
     print(row("training slowed beside the write", slowdown, ".1%"))
     print(f"snapshot memory (one copy, reused): {snapshotter.nbytes / 1e6:.0f} MB; "

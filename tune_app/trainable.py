@@ -283,10 +283,12 @@ class TrainingRun:
     def epochs(self) -> int:
         return self.cfg.trial_epochs
 
-    def run_epoch(self, epoch: int, on_batch: Callable[[], object] | None = None) -> dict[str, Any]:
+    def run_epoch(self, epoch: int, on_batch: Callable[[], object] | None = None,
+                  before_update: Callable[[], object] | None = None) -> dict[str, Any]:
         """Train epoch ``epoch`` (its shuffle seeded by the trial seed and the epoch, so a
         resumed trial draws the same batches) and evaluate on validation: ``epoch``,
-        ``train_loss`` and the ``val_*`` metrics. ``on_batch()`` runs after each training batch."""
+        ``train_loss`` and the ``val_*`` metrics. ``on_batch()`` runs after each training batch,
+        ``before_update()`` before each in-place change of the weights or optimiser state."""
         from tune_app.training import train_one_epoch
 
         t = self.cfg.train
@@ -295,7 +297,8 @@ class TrainingRun:
         train_loss = train_one_epoch(
             self.model, self.train.loader, self.optimizer, self.scheduler, loss_kwargs=self.loss_kwargs,
             device=self.device, grad_accumulation_steps=t.grad_accumulation_steps, fgm_epsilon=t.fgm_epsilon,
-            precision=t.precision, max_grad_norm=t.max_grad_norm, scaler=self.scaler, on_batch=on_batch)
+            precision=t.precision, max_grad_norm=t.max_grad_norm, scaler=self.scaler, on_batch=on_batch,
+            before_update=before_update)
         return {"epoch": epoch, "train_loss": train_loss,
                 **evaluate(self.model, self.val, self.cfg, self.device, loss_kwargs=self.loss_kwargs)}
 
@@ -576,6 +579,12 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     reclaim = study_reclaimer(study_dir, metric=cfg.tune.metric, mode=cfg.tune.mode)
     ensure_room(study_dir, projected, reclaim)
     background = choose_async_save(cfg, device, projected)
+    param_ptrs = {p.data_ptr() for p in model.parameters()}
+
+    def copy_now(path: str, tensor: torch.Tensor) -> bool:
+        """Copy at once what may change before the next optimiser step: model buffers, schedule."""
+        return path.startswith("scheduler_state") or (path.startswith("model_state")
+                                                     and tensor.data_ptr() not in param_ptrs)
 
     epoch_times: list[float] = []
     # Leaving: the write in flight is waited for first, then the snapshot's buffers are freed.
@@ -585,7 +594,8 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
             with gpu_oom_as_trial_error(cfg, device):
                 # Between training steps: the previous epoch's background checkpoint, once durable,
                 # is reported to Tune right there (from this thread).
-                metrics = run.run_epoch(epoch, on_batch=saver.poll if background else None)
+                metrics = run.run_epoch(epoch, on_batch=saver.poll if background else None,
+                                        before_update=saver.wait_filled if background else None)
             metrics["epoch_time_s"] = time.monotonic() - epoch_start
             if device.type == "cuda":
                 metrics["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -633,12 +643,16 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
                 run_failure_hook(on_failure)
                 raise
             stall = time.monotonic()
-            snapshot = snapshotter.take({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                                         "scheduler_state": scheduler.state_dict()})
+            # Weights and optimiser state only change at the next optimiser step (or FGM perturbation):
+            # on CPU the writer copies them first, while the next batch runs forward and backward
+            # (run_epoch's before_update waits for that copy); the rest is copied here.
+            snapshot, fill = snapshotter.take_deferred(
+                {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                 "scheduler_state": scheduler.state_dict()}, copy_now=copy_now)
             saver.start(functools.partial(write_epoch_checkpoint, target, study_dir, projected_bytes=projected,
                                           **snapshot, trainer_state=copy.deepcopy(trainer_state), compat=compat,
                                           rng_state=capture_rng_state()),
-                        on_durable=publish, on_failure=on_failure, label=f"{trial_dir.name}/{target.name}")
+                        fill=fill, on_durable=publish, on_failure=on_failure, label=f"{trial_dir.name}/{target.name}")
             logger.info("epoch %d: checkpoint %s snapshotted in %.3f s, writing in the background", epoch,
                         target.name, time.monotonic() - stall)
         saver.wait()  # the last epoch reaches Tune once its checkpoint is durable

@@ -127,6 +127,44 @@ def test_snapshot_reuses_its_buffers() -> None:
     assert snapshotter.nbytes == 0
 
 
+def _forward_backward(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+    width = next(model.parameters()).shape[1]
+    opt.zero_grad()
+    model(torch.randn(8, width)).pow(2).mean().backward()
+
+
+def test_deferred_snapshot_copies_in_the_writer_before_the_next_update(tmp_path: Path) -> None:
+    """Weights and optimiser state are copied by the writer (``fill``) while the next batch runs
+    forward and backward; the optimiser step waits for that copy (``wait_filled``): the checkpoint
+    holds the state at the snapshot, byte for byte what a synchronous save of it writes."""
+    model, opt = _model_and_optimizer(256)
+    snapshotter = StateSnapshotter()
+    old = snapshotter.take(_live_state(model, opt))["model_state"]
+    old_values = {n: t.clone() for n, t in old.items()}
+    _train_step(model, opt)
+    frozen_model, frozen_opt = copy.deepcopy(model), copy.deepcopy(opt.state_dict())
+    params = {p.data_ptr() for p in model.parameters()}
+    snapshot, fill = snapshotter.take_deferred(_live_state(model, opt),
+                                               copy_now=lambda path, t: t.data_ptr() not in params
+                                               and path.startswith("model_state"))
+    for name, value in old_values.items():  # deferred: the buffers still hold the previous snapshot
+        assert torch.equal(snapshot["model_state"][name], value)
+    trainer_state = {"epoch": 2}
+    with AsyncCheckpointer() as saver:
+        saver.start(functools.partial(save_checkpoint, tmp_path / "async", **snapshot, trainer_state=trainer_state,
+                                      compat=COMPAT), fill=lambda: (time.sleep(0.3), fill())[1],  # a slow copy
+                    on_durable=lambda _s: None)
+        for _ in range(3):  # the next epoch: forward/backward beside the copy, then wait, then step
+            _forward_backward(model, opt)
+            saver.wait_filled()
+            opt.step()
+            saver.poll()
+        saver.wait()
+    save_checkpoint(tmp_path / "sync", model_state=frozen_model.state_dict(), optimizer_state=frozen_opt,
+                    trainer_state=trainer_state, compat=COMPAT)
+    assert _payload_hashes(tmp_path / "async") == _payload_hashes(tmp_path / "sync")
+
+
 # --------------------------------------------------------------------------- in flight, report
 
 
@@ -266,12 +304,15 @@ def _background_epochs(trial: Path, width: int) -> Callable[[int], None]:
 
     def epoch(i: int) -> None:
         for _ in range(3):
-            _train_step(model, opt)
+            _forward_backward(model, opt)
+            saver.wait_filled()
+            opt.step()
             saver.poll()
         saver.wait()
         target = trial / f"checkpoint_{i + 1:06d}"
-        saver.start(functools.partial(save_checkpoint, target, **snapshotter.take(_live_state(model, opt)),
-                                      trainer_state={"epoch": i + 1}, compat=COMPAT), on_durable=lambda _s: None)
+        snapshot, fill = snapshotter.take_deferred(_live_state(model, opt), copy_now=lambda _p, _t: False)
+        saver.start(functools.partial(save_checkpoint, target, **snapshot, trainer_state={"epoch": i + 1},
+                                      compat=COMPAT), fill=fill, on_durable=lambda _s: None)
 
     return epoch
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -104,11 +105,30 @@ class StateSnapshotter:
     def take(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """A copy of ``state`` (``{"model_state": ..., "optimizer_state": ...}``) that later
         training does not change; CUDA copies have completed when it returns."""
+        out, fill = self.take_deferred(state, copy_now=lambda _path, _t: True)
+        fill()
+        return out
+
+    def take_deferred(self, state: Mapping[str, Any], *, copy_now: Callable[[str, torch.Tensor], bool],
+                      ) -> tuple[dict[str, Any], Callable[[], None]]:
+        """``state``'s snapshot and ``fill``: CUDA tensors and the CPU tensors ``copy_now(path, tensor)``
+        names are copied before this returns, the other CPU tensors only by ``fill()``.
+
+        The writer runs ``fill()`` first, while the next epoch's first batch runs forward and
+        backward; the caller must not change the deferred tensors until ``fill()`` has returned
+        (the trainable waits before its first optimiser step: ``AsyncCheckpointer.wait_filled``).
+        """
         self._cuda = False
-        out = {key: self._copy(value, key) for key, value in state.items()}
+        deferred: list[tuple[torch.Tensor, torch.Tensor]] = []
+        out = {key: self._copy(value, key, copy_now, deferred) for key, value in state.items()}
         if self._cuda:
             torch.cuda.synchronize()
-        return out
+
+        def fill() -> None:
+            for buf, src in deferred:
+                buf.copy_(src)
+
+        return out, fill
 
     def release(self) -> None:
         """Drop the buffers (the end of a trial: a reused worker must not keep them)."""
@@ -120,26 +140,31 @@ class StateSnapshotter:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def _copy(self, obj: Any, path: str) -> Any:
+    def _copy(self, obj: Any, path: str, copy_now: Callable[[str, torch.Tensor], bool],
+              deferred: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
         if isinstance(obj, torch.Tensor):
-            return self._copy_tensor(obj, path)
+            return self._copy_tensor(obj, path, copy_now, deferred)
         if isinstance(obj, Mapping):
-            return {k: self._copy(v, f"{path}/{k}") for k, v in obj.items()}
+            return {k: self._copy(v, f"{path}/{k}", copy_now, deferred) for k, v in obj.items()}
         if isinstance(obj, list):
-            return [self._copy(v, f"{path}/{i}") for i, v in enumerate(obj)]
+            return [self._copy(v, f"{path}/{i}", copy_now, deferred) for i, v in enumerate(obj)]
         if isinstance(obj, tuple):
-            return tuple(self._copy(v, f"{path}/{i}") for i, v in enumerate(obj))
+            return tuple(self._copy(v, f"{path}/{i}", copy_now, deferred) for i, v in enumerate(obj))
         return copy.deepcopy(obj)
 
-    def _copy_tensor(self, src: torch.Tensor, path: str) -> torch.Tensor:
+    def _copy_tensor(self, src: torch.Tensor, path: str, copy_now: Callable[[str, torch.Tensor], bool],
+                     deferred: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         src = src.detach()
         on_cuda = src.device.type == "cuda"
         buf = self._buffers.get(path)
         if buf is None or buf.shape != src.shape or buf.dtype != src.dtype:
             buf = torch.empty(src.shape, dtype=src.dtype, device="cpu", pin_memory=on_cuda)
             self._buffers[path] = buf
-        buf.copy_(src, non_blocking=on_cuda)
-        self._cuda = self._cuda or on_cuda
+        if on_cuda or src.device.type != "cpu" or copy_now(path, src):
+            buf.copy_(src, non_blocking=on_cuda)
+            self._cuda = self._cuda or on_cuda
+        else:
+            deferred.append((buf, src))
         return buf
 
 
@@ -149,6 +174,7 @@ class _InFlight:
     on_durable: Callable[[SavedCheckpoint], object]
     on_failure: Callable[[], object] | None
     label: str
+    filled: threading.Event
 
 
 class AsyncCheckpointer:
@@ -172,10 +198,28 @@ class AsyncCheckpointer:
         return self._in_flight is not None
 
     def start(self, write: Callable[[], SavedCheckpoint], *, on_durable: Callable[[SavedCheckpoint], object],
-              on_failure: Callable[[], object] | None = None, label: str = "checkpoint") -> None:
-        """Deliver the previous write (waiting for it), then run ``write()`` in the background."""
+              on_failure: Callable[[], object] | None = None, fill: Callable[[], None] | None = None,
+              label: str = "checkpoint") -> None:
+        """Deliver the previous write (waiting for it), then run ``fill()`` (the snapshot's deferred
+        copies, :meth:`StateSnapshotter.take_deferred`) and ``write()`` in the background."""
         self.wait()
-        self._in_flight = _InFlight(self._executor.submit(write), on_durable, on_failure, label)
+        filled = threading.Event()
+
+        def job() -> SavedCheckpoint:
+            try:
+                if fill is not None:
+                    fill()
+            finally:
+                filled.set()
+            return write()
+
+        self._in_flight = _InFlight(self._executor.submit(job), on_durable, on_failure, label, filled)
+
+    def wait_filled(self) -> None:
+        """Block until the write in flight has its snapshot (``fill`` ran): call it before training
+        changes any tensor the snapshot deferred (the optimiser step, FGM's perturbation)."""
+        if self._in_flight is not None and not self._in_flight.filled.is_set():
+            self._in_flight.filled.wait()
 
     def poll(self) -> bool:
         """Deliver the write in flight if it has finished; True when none is left in flight.
