@@ -5,7 +5,9 @@ The trainable's epoch loop uses it when ``checkpoint.async_save`` is on (see
 
 1. :class:`StateSnapshotter` copies the model, optimiser and scheduler state (tensors into
    buffers it keeps for the whole trial: pinned host memory for CUDA tensors, plain CPU
-   memory otherwise), so training can go on changing the live tensors;
+   memory otherwise), so training can go on changing the live tensors; CPU weights and
+   optimiser state may be copied later, by the writer, before the next optimiser step
+   (:meth:`StateSnapshotter.take_deferred`, :meth:`AsyncCheckpointer.wait_filled`);
 2. :class:`AsyncCheckpointer` runs the write (``guard.write_epoch_checkpoint``: the same
    atomic protocol as a synchronous save) on one background thread, at most one at a time;
 3. the trainable polls it between training steps (:meth:`AsyncCheckpointer.poll`, on its own
