@@ -613,8 +613,11 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
                                                             "history": state.history, "starts": starts})
 
             def publish(_saved: object = None, metrics: dict[str, Any] = metrics, status: str = state.status,
-                        write_state: Callable[[str], None] = write_state) -> None:
+                        write_state: Callable[[str], None] = write_state, target: Path = target) -> None:
                 """The epoch's checkpoint is durable: trial_state.json, the trial report, then Tune."""
+                if next_checkpoint_dir(storage) != target:  # a report in between would misalign Tune's index
+                    raise RuntimeError(f"checkpoint {target.name} is no longer the folder Tune registers next "
+                                       f"({next_checkpoint_dir(storage).name}): not reporting it")
                 write_state(status)
                 write_trial_report(trial_dir, trial_id=ctx.get_trial_id(), metric=cfg.tune.metric,
                                    mode=cfg.tune.mode, params=params)
