@@ -7,18 +7,18 @@ give ~85M parameters, ~340 MB of float32 weights) with AdamW state populated by 
 Each round, interleaved:
 
 - **sync**: ``guard.save_epoch_checkpoint`` of the live state; the loop is blocked for all of it
-  (the stall), then the next epoch trains N steps;
+  (the stall), then the next epoch trains;
 - **async**: snapshot (``StateSnapshotter.take_deferred``, as the trainable does on CPU: the
   weights and AdamW state are copied by the writer while the next batch runs forward and
   backward, and the optimiser step waits for that copy) and start the write
-  (``AsyncCheckpointer``), then the next epoch trains the same N steps, polling between steps,
+  (``AsyncCheckpointer``), then the next epoch trains as long, polling between steps,
   then waits for the write if it is still running. The stall is what blocks the loop: snapshot
   + start + the waits before optimiser steps + the polls that deliver + that final wait.
 
-N is set once so an epoch lasts about ``--epoch-s`` seconds. A trial's first snapshot also
+The next epoch trains for ``--epoch-s`` seconds in both modes. A trial's first snapshot also
 allocates (and page-faults) its buffers; that one-off cost is timed before the rounds and
-printed apart, the rounds measure the steady state. Also printed: how much slower the
-N training steps ran beside the background write than after the synchronous save (the writer
+printed apart, the rounds measure the steady state. Also printed: how much slower training
+ran beside the background write than after the synchronous save (steps per second; the writer
 competes for CPU and memory bandwidth), which the stall does not count. Prints min and median
 over ``--repeat`` rounds; target: async stall <= 10 % of the synchronous save.
 """
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import os
 import shutil
 import statistics
@@ -82,11 +81,11 @@ def live_state(model: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int) -
             "trainer_state": {"epoch": epoch, "metrics": {"val_macro_f1": 0.5}}, "compat": COMPAT}
 
 
-def timed_steps(step: Step, n: int, between: Callable[[], object] | None = None,
-                before_update: Callable[[], object] | None = None) -> tuple[float, float]:
-    """(seconds for ``n`` steps, seconds of that spent in ``before_update()`` before each optimiser
-    step and ``between()`` after each step)."""
-    start, inside = time.perf_counter(), [0.0]
+def train_for(step: Step, seconds: float, between: Callable[[], object] | None = None,
+              before_update: Callable[[], object] | None = None) -> tuple[float, float, int]:
+    """Train steps for ``seconds`` (at least one): (elapsed, seconds spent in ``before_update()``
+    before each optimiser step and ``between()`` after each step, steps)."""
+    start, inside, steps = time.perf_counter(), [0.0], 0
 
     def timed(hook: Callable[[], object] | None) -> Callable[[], object] | None:
         if hook is None:
@@ -100,28 +99,29 @@ def timed_steps(step: Step, n: int, between: Callable[[], object] | None = None,
         return run
 
     after, before = timed(between), timed(before_update)
-    for _ in range(n):
+    while steps == 0 or time.perf_counter() - start < seconds:
         step(before)
+        steps += 1
         if after is not None:
             after()
-    return time.perf_counter() - start, inside[0]
+    return time.perf_counter() - start, inside[0], steps
 
 
-def sync_round(model: torch.nn.Module, opt: torch.optim.Optimizer, step: Step, n: int,
+def sync_round(model: torch.nn.Module, opt: torch.optim.Optimizer, step: Step, epoch_s: float,
                target: Path, projected: int) -> tuple[float, float]:
-    """(stall: the synchronous save, seconds of the next epoch's N steps)."""
+    """(stall: the synchronous save, the next epoch's steps per second)."""
     t = time.perf_counter()
     save_epoch_checkpoint(target, target.parent, projected_bytes=projected, **live_state(model, opt, 1),
                           rng_state=capture_rng_state())
     stall = time.perf_counter() - t
-    train_s, _ = timed_steps(step, n)
-    return stall, train_s
+    elapsed, _, steps = train_for(step, epoch_s)
+    return stall, steps / elapsed
 
 
-def async_round(model: torch.nn.Module, opt: torch.optim.Optimizer, step: Step, n: int,
-                target: Path, projected: int, snapshotter: StateSnapshotter) -> tuple[float, float, float]:
+def async_round(model: torch.nn.Module, opt: torch.optim.Optimizer, step: Step, epoch_s: float,
+                target: Path, projected: int, snapshotter: StateSnapshotter) -> tuple[float, float, float, float]:
     """(stall: snapshot + start + waits before optimiser steps + delivering polls + final wait,
-    snapshot alone, seconds of the N steps without the hooks)."""
+    the snapshot call alone, the final wait alone, the next epoch's steps per second without the hooks)."""
     with AsyncCheckpointer() as saver:
         t = time.perf_counter()
         state = live_state(model, opt, 1)
@@ -134,11 +134,11 @@ def async_round(model: torch.nn.Module, opt: torch.optim.Optimizer, step: Step, 
                                       **snapshot, **state, rng_state=capture_rng_state()),
                     fill=fill, on_durable=lambda _saved: None)
         started = time.perf_counter() - t
-        train_s, polls = timed_steps(step, n, saver.poll, saver.wait_filled)
+        elapsed, hooks, steps = train_for(step, epoch_s, saver.poll, saver.wait_filled)
         t = time.perf_counter()
         saver.wait()
         waited = time.perf_counter() - t
-    return started + polls + waited, snap_s, train_s - polls
+    return started + hooks + waited, snap_s, waited, steps / (elapsed - hooks)
 
 
 def main() -> None:
@@ -153,12 +153,10 @@ def main() -> None:
     model, opt, step = build(args.layers, args.hidden)
     weights = state_dict_nbytes(model.state_dict())
     projected = estimate_checkpoint_bytes(model, opt)
-    one_step, _ = timed_steps(step, 2)
-    n = max(1, math.ceil(args.epoch_s / (one_step / 2)))
     base = Path(tempfile.mkdtemp(prefix="bench-async-save-", dir=args.dir))
     print(f"encoder: BERT {args.layers} layers x {args.hidden}, {weights / 1e6:.0f} MB of weights; checkpoint with "
-          f"AdamW state {projected / 1e6:.0f} MB; {torch.get_num_threads()} torch threads; next epoch = {n} steps; "
-          f"writing under {base}", flush=True)
+          f"AdamW state {projected / 1e6:.0f} MB; {torch.get_num_threads()} torch threads; the next epoch trains "
+          f"{args.epoch_s:g} s; writing under {base}", flush=True)
     snapshotter = StateSnapshotter()
     t = time.perf_counter()
     snapshotter.take({"model_state": model.state_dict(), "optimizer_state": opt.state_dict()})
@@ -168,19 +166,19 @@ def main() -> None:
     sync_stall, async_stall, snaps, ratios, slowdown = [], [], [], [], []
     try:
         for r in range(args.repeat):
-            s_stall, s_train = sync_round(model, opt, step, n, base / f"checkpoint_{2 * r:06d}", projected)
-            a_stall, a_snap, a_train = async_round(model, opt, step, n, base / f"checkpoint_{2 * r + 1:06d}",
-                                                   projected, snapshotter)
+            s_stall, s_rate = sync_round(model, opt, step, args.epoch_s, base / f"checkpoint_{2 * r:06d}", projected)
+            a_stall, a_snap, a_wait, a_rate = async_round(model, opt, step, args.epoch_s,
+                                                          base / f"checkpoint_{2 * r + 1:06d}", projected, snapshotter)
             for path in base.glob("checkpoint_*"):
                 shutil.rmtree(path)
             sync_stall.append(s_stall)
             async_stall.append(a_stall)
             snaps.append(a_snap)
             ratios.append(a_stall / s_stall)
-            slowdown.append(a_train / s_train - 1)
-            print(f"round {r + 1}: sync save {s_stall:6.2f} s | async stall {a_stall:6.3f} s (snapshot call {a_snap:.3f} s)"
-                  f" | ratio {a_stall / s_stall:6.1%} | next epoch's steps {s_train:5.1f} s after sync, "
-                  f"{a_train:5.1f} s beside the write", flush=True)
+            slowdown.append(s_rate / a_rate - 1)
+            print(f"round {r + 1}: sync save {s_stall:6.2f} s | async stall {a_stall:6.3f} s (snapshot call "
+                  f"{a_snap:.3f} s, end-of-epoch wait {a_wait:.3f} s) | ratio {a_stall / s_stall:6.1%} | steps/s "
+                  f"{s_rate:.2f} after the sync save, {a_rate:.2f} beside the write", flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
