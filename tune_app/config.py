@@ -154,6 +154,19 @@ class RetentionConfig:
 
 
 @dataclass
+class CheckpointSection:
+    """How each epoch's checkpoint is written (``tune_app.checkpoints.async_save``)."""
+
+    #: auto | true | false. true: the epoch's state is copied (pinned host memory for CUDA) and
+    #: written by a background thread while the next epoch trains; the epoch reaches Tune once
+    #: its checkpoint is durable. Costs one extra copy of model + optimiser state in host RAM
+    #: (falls back to a synchronous save when that memory is not free). auto: on for CUDA trials,
+    #: where a large checkpoint's write stalls a fast GPU for minutes; off on CPU, where the
+    #: write is short beside a CPU epoch and the writer would take a core from training.
+    async_save: bool | str = "auto"
+
+
+@dataclass
 class TuneSection:
     """The study: how many trials, how long, what to optimise, where results go."""
 
@@ -248,6 +261,7 @@ class AppConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     tune: TuneSection = field(default_factory=TuneSection)
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -734,6 +748,9 @@ def validate(cfg: AppConfig) -> None:
         raise ConfigError(f"retention.max_total_size_gb={cfg.retention.max_total_size_gb} must be > 0")
     if not cfg.retention.monitor_interval_s > 0:
         raise ConfigError(f"retention.monitor_interval_s={cfg.retention.monitor_interval_s} must be > 0")
+    if not (isinstance(cfg.checkpoint.async_save, bool) or cfg.checkpoint.async_save == "auto"):
+        raise ConfigError(f"checkpoint.async_save={cfg.checkpoint.async_save!r} is not allowed; allowed values: "
+                          "auto (background saves on CUDA, the default), true, false")
     if not cfg.tune.storage_path.strip():
         raise ConfigError("tune.storage_path='' is empty: the study would be written into the current folder; "
                           "set a folder, e.g. tune.storage_path=experiments (the default)")

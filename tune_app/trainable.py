@@ -5,7 +5,10 @@ newest valid checkpoint -> epoch loop (train, validate, save checkpoint, report)
 
 Checkpoints: each epoch's checkpoint is written atomically, hashed, straight into the
 folder Tune will register for it (``<trial>/checkpoint_00000N``), and reported with an
-empty staging folder, so Tune copies nothing and no byte is stored twice. On restore,
+empty staging folder, so Tune copies nothing and no byte is stored twice. With
+``checkpoint.async_save`` the write runs on a background thread while the next epoch trains
+(``checkpoints.async_save``) and the epoch is reported between training steps once its
+checkpoint is durable; otherwise the epoch is saved and reported at once. On restore,
 Tune's checkpoint is the preferred resume point; a corrupt one falls back to the
 previous valid checkpoint of the trial (see ``checkpoints.store``).
 """
@@ -23,7 +26,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,10 +283,12 @@ class TrainingRun:
     def epochs(self) -> int:
         return self.cfg.trial_epochs
 
-    def run_epoch(self, epoch: int) -> dict[str, Any]:
+    def run_epoch(self, epoch: int, on_batch: Callable[[], object] | None = None,
+                  before_update: Callable[[], object] | None = None) -> dict[str, Any]:
         """Train epoch ``epoch`` (its shuffle seeded by the trial seed and the epoch, so a
         resumed trial draws the same batches) and evaluate on validation: ``epoch``,
-        ``train_loss`` and the ``val_*`` metrics."""
+        ``train_loss`` and the ``val_*`` metrics. ``on_batch()`` runs after each training batch,
+        ``before_update()`` before each in-place change of the weights or optimiser state."""
         from tune_app.training import train_one_epoch
 
         t = self.cfg.train
@@ -292,7 +297,8 @@ class TrainingRun:
         train_loss = train_one_epoch(
             self.model, self.train.loader, self.optimizer, self.scheduler, loss_kwargs=self.loss_kwargs,
             device=self.device, grad_accumulation_steps=t.grad_accumulation_steps, fgm_epsilon=t.fgm_epsilon,
-            precision=t.precision, max_grad_norm=t.max_grad_norm, scaler=self.scaler)
+            precision=t.precision, max_grad_norm=t.max_grad_norm, scaler=self.scaler, on_batch=on_batch,
+            before_update=before_update)
         return {"epoch": epoch, "train_loss": train_loss,
                 **evaluate(self.model, self.val, self.cfg, self.device, loss_kwargs=self.loss_kwargs)}
 
@@ -358,6 +364,27 @@ def _previous_starts(trial_dir: Path) -> list[dict[str, Any]]:
         return list(json.loads((trial_dir / TRIAL_STATE).read_text()).get("starts", []))
     except (OSError, ValueError):
         return []
+
+
+def choose_async_save(cfg: AppConfig, device: torch.device, snapshot_bytes: int) -> bool:
+    """Whether this trial writes its checkpoints in the background (``checkpoint.async_save``).
+
+    Part of the trial's preflight: a background save keeps a snapshot of ``snapshot_bytes``
+    (model + optimiser state) in host memory; when that much is not free the trial saves
+    synchronously, with a warning, instead of risking the OOM killer.
+    """
+    from tune_app.checkpoints.async_save import snapshot_fits_in_memory, use_async_save
+    from tune_app.checkpoints.preflight import human_bytes
+
+    if not use_async_save(cfg.checkpoint.async_save, device):
+        return False
+    if not snapshot_fits_in_memory(snapshot_bytes):
+        logger.warning("checkpoint.async_save: not enough free host memory for a %s snapshot of the model and "
+                       "optimiser state; this trial saves its checkpoints synchronously", human_bytes(snapshot_bytes))
+        return False
+    logger.info("checkpoints are written in the background (snapshot: %s of host memory)",
+                human_bytes(snapshot_bytes))
+    return True
 
 
 _WATCHING_PARENT: list[int] = []
@@ -447,7 +474,15 @@ def _run_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
 def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial_dir: Path) -> None:
     """The body of ``train_trial`` (inside the trial's log session)."""
     from tune_app.checkpoints import failpoints
-    from tune_app.checkpoints.guard import ensure_room, save_epoch_checkpoint, study_reclaimer
+    from tune_app.checkpoints.async_save import AsyncCheckpointer, StateSnapshotter
+    from tune_app.checkpoints.guard import (
+        ensure_room,
+        prepare_epoch_save,
+        run_failure_hook,
+        save_epoch_checkpoint,
+        study_reclaimer,
+        write_epoch_checkpoint,
+    )
     from tune_app.checkpoints.resume import plan_resume
     from tune_app.checkpoints.store import (
         capture_rng_state,
@@ -554,47 +589,86 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     # Not enough room even after keeping only the study's single best: stop before training.
     reclaim = study_reclaimer(study_dir, metric=cfg.tune.metric)
     ensure_room(study_dir, projected, reclaim)
+    background = choose_async_save(cfg, device, projected)
+    param_ptrs = {p.data_ptr() for p in model.parameters()}
+
+    def copy_now(path: str, tensor: torch.Tensor) -> bool:
+        """Copy at once what may change before the next optimiser step: model buffers, schedule."""
+        return path.startswith("scheduler_state") or (path.startswith("model_state")
+                                                     and tensor.data_ptr() not in param_ptrs)
 
     epoch_times: list[float] = []
-    for epoch in range(start_epoch, epochs + 1):
-        epoch_start = time.monotonic()
-        with gpu_oom_as_trial_error(cfg, device):
-            metrics = run.run_epoch(epoch)
-        metrics["epoch_time_s"] = time.monotonic() - epoch_start
-        if device.type == "cuda":
-            metrics["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        epoch_times.append(metrics["epoch_time_s"])
-        log_epoch_progress(epoch, epochs, trial_id=ctx.get_trial_id(), metrics=metrics,
-                           metric=cfg.tune.metric, epoch_times=epoch_times, study_dir=study_dir)
-        state.history.append(dict(metrics))
-        state.status = "completed" if epoch == epochs else "running"
+    # Leaving: the write in flight is waited for first, then the snapshot's buffers are freed.
+    with StateSnapshotter() as snapshotter, AsyncCheckpointer() as saver:
+        for epoch in range(start_epoch, epochs + 1):
+            epoch_start = time.monotonic()
+            with gpu_oom_as_trial_error(cfg, device):
+                # Between training steps: the previous epoch's background checkpoint, once durable,
+                # is reported to Tune right there (from this thread).
+                metrics = run.run_epoch(epoch, on_batch=saver.poll if background else None,
+                                        before_update=saver.wait_filled if background else None)
+            metrics["epoch_time_s"] = time.monotonic() - epoch_start
+            if device.type == "cuda":
+                metrics["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            saver.wait()  # the previous epoch reaches Tune (and takes its checkpoint index) before this save
+            epoch_times.append(metrics["epoch_time_s"])
+            log_epoch_progress(epoch, epochs, trial_id=ctx.get_trial_id(), metrics=metrics,
+                               metric=cfg.tune.metric, epoch_times=epoch_times, study_dir=study_dir)
+            state.history.append(dict(metrics))
+            state.status = "completed" if epoch == epochs else "running"
 
-        target = next_checkpoint_dir(storage)
+            target = next_checkpoint_dir(storage)
 
-        def write_state(status: str, epoch: int = epoch) -> None:
-            write_json_atomic(trial_dir / TRIAL_STATE, {"status": status, "epoch": epoch, "seed": seed,
-                                                        "history": state.history, "starts": starts})
+            def write_state(status: str, epoch: int = epoch) -> None:
+                write_json_atomic(trial_dir / TRIAL_STATE, {"status": status, "epoch": epoch, "seed": seed,
+                                                            "history": state.history, "starts": starts})
 
-        # The epoch's metrics reach trial_state.json before the save and Tune/MLflow even
-        # when the save is refused (disk full): a failed save never loses a metric.
-        save_epoch_checkpoint(
-            target, study_dir, projected_bytes=projected, reclaim=reclaim,
-            before_save=lambda: write_state("running"),
-            on_failure=functools.partial(tune.report, dict(metrics)),
-            model_state=model.state_dict(),
-            optimizer_state=optimizer.state_dict(),
-            scheduler_state=scheduler.state_dict(),
-            trainer_state={"epoch": epoch, "step": epoch * run.steps_per_epoch, "metrics": metrics,
-                           "history": state.history, "params": params, "seed": seed,
-                           "metric": cfg.tune.metric},
-            compat=compat,
-            rng_state=capture_rng_state(),
-        )
-        write_state(state.status)
-        write_trial_report(trial_dir, trial_id=ctx.get_trial_id(), metric=cfg.tune.metric,
-                           params=params)
-        failpoints.pause("report")  # crash tests: the checkpoint is on disk, Tune has not seen it
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(staging)))
+            def publish(_saved: object = None, metrics: dict[str, Any] = metrics, status: str = state.status,
+                        write_state: Callable[[str], None] = write_state, target: Path = target) -> None:
+                """The epoch's checkpoint is durable: trial_state.json, the trial report, then Tune."""
+                if next_checkpoint_dir(storage) != target:  # a report in between would misalign Tune's index
+                    raise RuntimeError(f"checkpoint {target.name} is no longer the folder Tune registers next "
+                                       f"({next_checkpoint_dir(storage).name}): not reporting it")
+                write_state(status)
+                write_trial_report(trial_dir, trial_id=ctx.get_trial_id(), metric=cfg.tune.metric, params=params)
+                failpoints.pause("report")  # crash tests: the checkpoint is on disk, Tune has not seen it
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(staging)))
+
+            trainer_state = {"epoch": epoch, "step": epoch * run.steps_per_epoch, "metrics": metrics,
+                             "history": state.history, "params": params, "seed": seed, "metric": cfg.tune.metric}
+            # The epoch's metrics reach trial_state.json before the save and Tune/MLflow even
+            # when the save is refused (disk full): a failed save never loses a metric.
+            on_failure = functools.partial(tune.report, dict(metrics))
+            if not background:
+                save_epoch_checkpoint(
+                    target, study_dir, projected_bytes=projected, reclaim=reclaim,
+                    before_save=lambda: write_state("running"), on_failure=on_failure,
+                    model_state=model.state_dict(), optimizer_state=optimizer.state_dict(),
+                    scheduler_state=scheduler.state_dict(), trainer_state=trainer_state, compat=compat,
+                    rng_state=capture_rng_state(),
+                )
+                publish()
+                continue
+            try:
+                prepare_epoch_save(target, study_dir, projected_bytes=projected, reclaim=reclaim,
+                                   before_save=lambda: write_state("running"))
+            except BaseException:
+                run_failure_hook(on_failure)
+                raise
+            stall = time.monotonic()
+            # Weights and optimiser state only change at the next optimiser step (or FGM perturbation):
+            # on CPU the writer copies them first, while the next batch runs forward and backward
+            # (run_epoch's before_update waits for that copy); the rest is copied here.
+            snapshot, fill = snapshotter.take_deferred(
+                {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                 "scheduler_state": scheduler.state_dict()}, copy_now=copy_now)
+            saver.start(functools.partial(write_epoch_checkpoint, target, study_dir, projected_bytes=projected,
+                                          **snapshot, trainer_state=copy.deepcopy(trainer_state), compat=compat,
+                                          rng_state=capture_rng_state()),
+                        fill=fill, on_durable=publish, on_failure=on_failure, label=f"{trial_dir.name}/{target.name}")
+            logger.info("epoch %d: checkpoint %s snapshotted in %.3f s, writing in the background", epoch,
+                        target.name, time.monotonic() - stall)
+        saver.wait()  # the last epoch reaches Tune once its checkpoint is durable
 
     if finished and not plan.catch_up:
         # Restarted after its last epoch (e.g. killed before Tune recorded the end):

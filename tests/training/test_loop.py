@@ -154,3 +154,30 @@ def test_cuda_autocast_trains(posts: list[Post]) -> None:
     after = weight.detach()
     assert torch.isfinite(torch.tensor(loss))
     assert after.dtype == torch.float32 and not torch.equal(before, after)
+
+
+def test_hooks_run_around_every_in_place_update(posts: list[Post]) -> None:
+    """``before_update`` runs before each FGM perturbation and each optimiser step (the weights
+    are then still what they were), ``on_batch`` after each batch (a background save's hooks)."""
+    torch.manual_seed(0)
+    model, tok = _model(0)
+    data = batches(posts, tok, batch_size=4, num_batches=5)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    weight = next(model.parameters())
+    events: list[str] = []
+    last = {"weight": weight.detach().clone()}
+
+    def before_update() -> None:
+        assert torch.equal(weight.detach(), last["weight"]), "the weights changed before before_update"
+        events.append("before_update")
+
+    def on_batch() -> None:
+        last["weight"] = weight.detach().clone()
+        events.append("on_batch")
+
+    train_one_epoch(model, data, opt, None, loss_kwargs=LOSS, device="cpu", grad_accumulation_steps=2,
+                    fgm_epsilon=0.3, on_batch=on_batch, before_update=before_update)
+    # 5 batches: an FGM perturbation in each, steps after batches 2, 4 and (the rest) 5.
+    assert events == ["before_update", "on_batch", "before_update", "before_update", "on_batch",
+                      "before_update", "on_batch", "before_update", "before_update", "on_batch",
+                      "before_update", "on_batch", "before_update"]

@@ -43,7 +43,15 @@ from tune_app.checkpoints.store import (
     save_checkpoint,
 )
 
-__all__ = ["DISK_FULL_ERRNOS", "ensure_room", "save_epoch_checkpoint", "study_reclaimer"]
+__all__ = [
+    "DISK_FULL_ERRNOS",
+    "ensure_room",
+    "prepare_epoch_save",
+    "run_failure_hook",
+    "save_epoch_checkpoint",
+    "study_reclaimer",
+    "write_epoch_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +108,58 @@ def ensure_room(study_dir: Path, projected_bytes: int, reclaim: Callable[[], int
                   safety_margin_bytes=safety_margin_bytes)
 
 
+def _disk_full_error(study_dir: Path, target: Path, projected_bytes: int, exc: OSError,
+                     metrics_written: bool) -> InsufficientStorageError:
+    return InsufficientStorageError(_disk_full_message(study_dir, target, projected_bytes, exc, metrics_written))
+
+
+def prepare_epoch_save(target: Path, study_dir: Path, *, projected_bytes: int,
+                       reclaim: Callable[[], int] | None = None, before_save: Callable[[], object] | None = None,
+                       safety_margin_bytes: int = 64 << 20) -> None:
+    """``before_save()`` (the trainable's metrics), then :func:`ensure_room`: all of a save but the write.
+
+    Raises:
+        InsufficientStorageError: not enough room even after ``reclaim``, or ``before_save`` hit
+            ENOSPC/EDQUOT.
+    """
+    metrics_written = before_save is None
+    try:
+        if before_save is not None:
+            before_save()
+            metrics_written = True
+        ensure_room(study_dir, projected_bytes, reclaim, safety_margin_bytes=safety_margin_bytes)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        raise _disk_full_error(study_dir, target, projected_bytes, exc, metrics_written) from exc
+
+
+def write_epoch_checkpoint(target: Path, study_dir: Path, *, projected_bytes: int,
+                           **save_kwargs: Any) -> SavedCheckpoint:
+    """``save_checkpoint(target, **save_kwargs)`` after :func:`prepare_epoch_save`; safe on any thread.
+
+    Raises:
+        InsufficientStorageError: the write hit ENOSPC/EDQUOT (no partial checkpoint is left visible).
+    """
+    try:
+        return save_checkpoint(target, **save_kwargs)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        raise _disk_full_error(Path(study_dir), Path(target), projected_bytes, exc, True) from exc
+
+
+def run_failure_hook(on_failure: Callable[[], object] | None) -> None:
+    """Call ``on_failure()`` (report the failed epoch's metrics) while a save error propagates; its own
+    error is logged, never raised: the save error is what the user must see."""
+    if on_failure is None:
+        return
+    try:
+        on_failure()
+    except Exception:  # noqa: BLE001 - the original error is what the user must see
+        logger.exception("could not report the metrics of the failed epoch")
+
+
 def save_epoch_checkpoint(
     target: Path,
     study_dir: Path,
@@ -113,6 +173,8 @@ def save_epoch_checkpoint(
 ) -> SavedCheckpoint:
     """``before_save()`` (the trainable's metrics), :func:`ensure_room`, then ``save_checkpoint``.
 
+    The synchronous save: :func:`prepare_epoch_save` then :func:`write_epoch_checkpoint` (the
+    asynchronous one, ``checkpoints.async_save``, runs the write on a background thread).
     ``save_kwargs`` go to :func:`~tune_app.checkpoints.store.save_checkpoint`. A disk-
     full ``OSError`` (ENOSPC/EDQUOT) from ``before_save`` or the save becomes the
     actionable error; ``on_failure()`` runs before any error propagates.
@@ -122,25 +184,12 @@ def save_epoch_checkpoint(
             ENOSPC/EDQUOT (no partial checkpoint is left visible).
     """
     target, study_dir = Path(target), Path(study_dir)
-    metrics_written = before_save is None
     try:
-        try:
-            if before_save is not None:
-                before_save()
-                metrics_written = True
-            ensure_room(study_dir, projected_bytes, reclaim, safety_margin_bytes=safety_margin_bytes)
-            return save_checkpoint(target, **save_kwargs)
-        except OSError as exc:
-            if exc.errno not in DISK_FULL_ERRNOS:
-                raise
-            raise InsufficientStorageError(
-                _disk_full_message(study_dir, target, projected_bytes, exc, metrics_written)) from exc
+        prepare_epoch_save(target, study_dir, projected_bytes=projected_bytes, reclaim=reclaim,
+                           before_save=before_save, safety_margin_bytes=safety_margin_bytes)
+        return write_epoch_checkpoint(target, study_dir, projected_bytes=projected_bytes, **save_kwargs)
     except BaseException:
-        if on_failure is not None:
-            try:
-                on_failure()
-            except Exception:  # noqa: BLE001 - the original error is what the user must see
-                logger.exception("could not report the metrics of the failed epoch")
+        run_failure_hook(on_failure)
         raise
 
 

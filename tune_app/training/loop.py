@@ -7,7 +7,7 @@ The evaluation pass is :mod:`tune_app.evaluation.forward`; this module runs the 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -64,7 +64,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
                     loss_kwargs: Mapping[str, Any], device: torch.device | str,
                     grad_accumulation_steps: int = 1, fgm_epsilon: float = 0.0,
                     precision: str = "auto", max_grad_norm: float = 1.0,
-                    scaler: torch.amp.GradScaler | None = None) -> float:
+                    scaler: torch.amp.GradScaler | None = None,
+                    on_batch: Callable[[], object] | None = None,
+                    before_update: Callable[[], object] | None = None) -> float:
     """Train ``model`` for one pass over ``loader``; return the mean clean batch loss.
 
     ``loss_kwargs`` go to :func:`tune_app.models.losses.joint_loss` (evidence_weight,
@@ -74,6 +76,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
     N accumulated batches of size b give the mean gradient of the N*b examples (for equal
     per-batch normalisation). Gradients are clipped to ``max_grad_norm`` (<= 0: no
     clipping). ``fgm_epsilon > 0`` adds an FGM adversarial forward/backward per batch.
+    ``on_batch()``, if given, runs after each batch (and its optimiser step, if any), on this
+    thread: the trainable reports a background checkpoint there once it is durable.
+    ``before_update()``, if given, runs before anything changes a parameter or the optimiser
+    state in place (each optimiser step, each FGM perturbation): the trainable waits there
+    until a background checkpoint has copied the previous epoch's state.
     On CUDA, ``precision`` autocasts (``auto``: bf16, fp16 + GradScaler where bf16 is
     unsupported); on CPU nothing changes, so a seeded run reproduces bit for bit.
     """
@@ -110,6 +117,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
             min(grad_accumulation_steps, num_batches - group_start)
         loss = _forward_loss(model, batch, loss_kwargs, device, dtype)
         scaler.scale(loss / group).backward()
+        if fgm is not None and before_update is not None:
+            before_update()
         if fgm is not None and fgm.attack():
             try:
                 adv = _forward_loss(model, batch, loss_kwargs, device, dtype)
@@ -120,8 +129,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Mapping[str, Tensor]],
         seen += 1
         pending += 1
         if pending == grad_accumulation_steps:
+            if before_update is not None:
+                before_update()
             step()
             pending = 0
+        if on_batch is not None:
+            on_batch()
     if pending:
+        if before_update is not None:
+            before_update()
         step()
     return total / max(seen, 1)
