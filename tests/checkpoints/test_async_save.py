@@ -32,9 +32,9 @@ from tune_app.checkpoints.guard import (
     write_epoch_checkpoint,
 )
 from tune_app.checkpoints.preflight import InsufficientStorageError
+from tune_app.checkpoints.resume import find_resumable_checkpoint
 from tune_app.checkpoints.store import (
     SavedCheckpoint,
-    find_resumable_checkpoint,
     load_checkpoint,
     read_trainer_state,
     save_checkpoint,
