@@ -26,9 +26,9 @@ from tests.integration.study_tools import (
     trial_state,
     wait_for,
 )
+from tune_app.checkpoints.resume import find_resumable_checkpoint
 from tune_app.checkpoints.store import (
     TMP_PREFIX,
-    find_resumable_checkpoint,
     read_trainer_state,
     verify_checkpoint,
 )
