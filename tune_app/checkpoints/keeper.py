@@ -2,11 +2,13 @@
 
 :func:`scan_checkpoints` (:func:`scan_trial_checkpoints` per trial) is the only reader that
 turns a study folder into checkpoint records (the retention callback after a restore, the
-trainable's pre-save reclaim, the cleanup command, where a trial resumes, the reports). :class:`CheckpointKeeper` is the only code that deletes checkpoint bytes:
-it tombstones checkpoints (``store.prune_checkpoint``: the folder stays for Ray Tune, with a
-``PRUNED`` marker), drops the optimiser state of checkpoints kept only to be evaluated
+trainable's pre-save reclaim, the cleanup command, where a trial resumes, the reports).
+:class:`CheckpointKeeper` is the only code that deletes checkpoint bytes: it tombstones
+checkpoints (``store.prune_checkpoint``: the folder stays for Ray Tune, with a ``PRUNED``
+marker), drops the optimiser state of checkpoints kept only to be evaluated
 (``store.demote_checkpoint``: study bests that are not a running trial's resume point),
-finishes prunes a crash interrupted and removes temps a killed writer left. Who decides *when* (and calls it):
+finishes prunes a crash interrupted and removes temps a killed writer left. Who decides
+*when* (and calls it):
 
 * ``callbacks.RetentionCallback``: after every checkpoint and trial end, the retention plan;
 * ``callbacks.StoragePressureCallback``: while free space is short, the escalation steps;
