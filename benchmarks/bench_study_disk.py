@@ -5,8 +5,9 @@ study's ``CheckpointKeeper``: after each save, plan + prune (+ demote); at trial
 the trial finished, plan + prune (+ demote). Every checkpoint holds AdamW-shaped optimiser
 state (two tensors per weight). Bytes on disk are measured (``dir_nbytes`` of the study)
 after every step; the peak is the largest measurement. Three runs per size: keep-all,
-default retention keeping the optimiser state of kept bests (``retention.keep_optimizer_state=true``,
-the default for now), and weights-only kept bests (``retention.keep_optimizer_state=false``).
+retention keeping the optimiser state of kept bests (``retention.keep_optimizer_state=true``),
+and the default, weights-only kept bests (``retention.keep_optimizer_state=false``: kept bests
+are demoted, and a trial's last epoch is saved weights only, as the trainable does).
 
     .venv/bin/python benchmarks/bench_study_disk.py [--trials 10 100] [--epochs 3] [--mb 3]
 
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 from tune_app.checkpoints.keeper import CheckpointKeeper
-from tune_app.checkpoints.retention import CheckpointRecord, RetentionPolicy
+from tune_app.checkpoints.retention import CheckpointRecord, RetentionPolicy, saves_resume_state
 from tune_app.checkpoints.store import dir_nbytes, save_checkpoint
 
 DEFAULT = RetentionPolicy(keep_last_n=1, keep_best_k=1, keep_best_k_max=2, max_total_size_gb=10.0)
@@ -60,7 +61,11 @@ def simulate(root: Path, trials: int, epochs: int, numel: int, *, retain: bool, 
         for epoch in range(1, epochs + 1):
             path = root / trial / f"checkpoint_{epoch - 1:06d}"
             score = rng.random()
-            saved = save_checkpoint(path, model_state=model, optimizer_state=adamw,
+            # As the trainable does: a trial's last epoch is saved weights only unless kept bests
+            # keep their optimiser state.
+            resume_state = ({"optimizer_state": adamw} if saves_resume_state(
+                epoch, epochs, keep_optimizer_state=not weights_only) else {})
+            saved = save_checkpoint(path, model_state=model, **resume_state,
                                     trainer_state={"epoch": epoch, "metrics": {"val_macro_f1": score}}, compat={})
             measure(after_prune=not retain)
             if retain:
@@ -92,7 +97,8 @@ def main() -> None:
     for trials in args.trials:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="bench-disk-") as tmp:
-            keep_all, _ = simulate(Path(tmp) / "all", trials, args.epochs, numel, retain=False)
+            keep_all, _ = simulate(Path(tmp) / "all", trials, args.epochs, numel, retain=False,
+                                   weights_only=False)
             shutil.rmtree(Path(tmp) / "all")
             full, full_steady = simulate(Path(tmp) / "full", trials, args.epochs, numel, retain=True,
                                          weights_only=False)
@@ -109,6 +115,13 @@ def main() -> None:
         ratio = peaks[hi] / peaks[lo]
         print(f"default-retention peak {hi} vs {lo} trials: x{ratio:.3f} "
               f"({'flat' if ratio <= 1.05 else 'NOT flat'}; target flat)")
+    if peaks:
+        hi = max(peaks)
+        print(f"weights-only vs kept with optimiser state at {hi} trials: see 'x smaller' (issue 19 asks >= 2.5x). "
+              "The bound: at a save, a running trial holds its resume point and the new checkpoint, both with "
+              "AdamW state (3 units each, the previous one stays the resume point until the new one is durable), "
+              "so the peak is >= 6 units + the kept bests (1 unit each weights-only, 3 with optimiser state): "
+              "(3K + 6) / (K + 6) for K kept bests, 1.5x at K = 2, 2.5x only from K = 18.")
     top = max(cuts)
     for label, table in (("peak incl. the save before its prune", cuts), ("peak after prune", steady_cuts)):
         verdict = "meets" if table[top] >= 0.99 - 1e-9 else "MISSES"

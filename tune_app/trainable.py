@@ -484,6 +484,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
         write_epoch_checkpoint,
     )
     from tune_app.checkpoints.resume import plan_resume
+    from tune_app.checkpoints.retention import saves_resume_state
     from tune_app.checkpoints.store import (
         capture_rng_state,
         check_compat,
@@ -558,7 +559,9 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
         model.load_state_dict(loaded.model_state)
         if loaded.optimizer_state is not None:
             optimizer.load_state_dict(loaded.optimizer_state)
-        else:  # a kept best demoted to weights only (its newer checkpoints were corrupt)
+        elif int(loaded.trainer_state["epoch"]) < epochs:
+            # A kept best demoted to weights only (its newer checkpoints were corrupt); the
+            # last epoch's is weights only by design and nothing trains after it.
             logger.warning("trial %s resumes from %s, which holds weights only: the optimiser and the "
                            "learning-rate schedule start afresh from this epoch", ctx.get_trial_id(),
                            resume_from.name)
@@ -634,6 +637,14 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
                 failpoints.pause("report")  # crash tests: the checkpoint is on disk, Tune has not seen it
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(staging)))
 
+            # The last epoch's checkpoint is never resumed from (a trial that trained all its epochs
+            # is never trained again: outcome.completed_final_result), so it holds weights only
+            # unless kept bests keep their optimiser state (issue 19: save only what can be kept).
+            resume_state = ({"optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict()}
+                            if saves_resume_state(epoch, epochs, keep_optimizer_state=cfg.retention.keep_optimizer_state)
+                            else {})
+            if not resume_state:
+                logger.info("epoch %d is the trial's last: checkpoint %s holds weights only", epoch, target.name)
             trainer_state = {"epoch": epoch, "step": epoch * run.steps_per_epoch, "metrics": metrics,
                              "history": state.history, "params": params, "seed": seed, "metric": cfg.tune.metric}
             # The epoch's metrics reach trial_state.json before the save and Tune/MLflow even
@@ -643,8 +654,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
                 save_epoch_checkpoint(
                     target, study_dir, projected_bytes=projected, reclaim=reclaim,
                     before_save=lambda: write_state("running"), on_failure=on_failure,
-                    model_state=model.state_dict(), optimizer_state=optimizer.state_dict(),
-                    scheduler_state=scheduler.state_dict(), trainer_state=trainer_state, compat=compat,
+                    model_state=model.state_dict(), **resume_state, trainer_state=trainer_state, compat=compat,
                     rng_state=capture_rng_state(),
                 )
                 publish()
@@ -660,8 +670,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
             # on CPU the writer copies them first, while the next batch runs forward and backward
             # (run_epoch's before_update waits for that copy); the rest is copied here.
             snapshot, fill = snapshotter.take_deferred(
-                {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                 "scheduler_state": scheduler.state_dict()}, copy_now=copy_now)
+                {"model_state": model.state_dict(), **resume_state}, copy_now=copy_now)
             saver.start(functools.partial(write_epoch_checkpoint, target, study_dir, projected_bytes=projected,
                                           **snapshot, trainer_state=copy.deepcopy(trainer_state), compat=compat,
                                           rng_state=capture_rng_state()),

@@ -135,3 +135,29 @@ def test_keeper_demotes_kept_bests_but_not_resume_points(tmp_path: Path) -> None
     # The record follows the demotion, so the size cap sees what is on disk.
     kept = keeper.records[str(done / "checkpoint_000000")].size_bytes
     assert kept == dir_nbytes(done / "checkpoint_000000") < size_before
+
+
+def test_a_checkpoint_saved_without_optimizer_state_is_weights_only_like_a_demoted_one(tmp_path: Path) -> None:
+    """A trial's last epoch is saved weights only (``retention.saves_resume_state``): the
+    same manifest as a demoted checkpoint, and demoting it again changes nothing."""
+    ckpt = tmp_path / "t" / "checkpoint_000001"
+    model = torch.nn.Linear(8, 8)
+    save_checkpoint(ckpt, model_state=model.state_dict(), trainer_state={"epoch": 2, "metrics": {}}, compat=COMPAT,
+                    rng_state={"torch": torch.get_rng_state()})
+    assert is_weights_only(ckpt) and verify_checkpoint(ckpt).ok
+    assert json.loads((ckpt / "manifest.json").read_text())["weights_only"] is True
+    validate_checkpoint_metadata(ckpt)
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    assert demote_checkpoint(ckpt) == 0
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+
+
+@pytest.mark.parametrize(("epoch", "planned", "keep", "expected"), [
+    (1, 3, False, True), (2, 3, False, True), (3, 3, False, False), (1, 1, False, False),
+    (3, 3, True, True), (1, 1, True, True),
+])
+def test_only_a_trials_last_epoch_is_saved_without_resume_state(epoch: int, planned: int, keep: bool,
+                                                                 expected: bool) -> None:
+    from tune_app.checkpoints.retention import saves_resume_state
+
+    assert saves_resume_state(epoch, planned, keep_optimizer_state=keep) is expected

@@ -28,7 +28,12 @@ from tests.integration.study_tools import (
     trial_state,
     wait_for,
 )
-from tune_app.checkpoints.store import is_tombstone, prune_checkpoint, verify_checkpoint
+from tune_app.checkpoints.store import (
+    is_tombstone,
+    is_weights_only,
+    prune_checkpoint,
+    verify_checkpoint,
+)
 from tune_app.tracking.mlflow_callback import TRIAL_ID_TAG
 
 pytestmark = pytest.mark.slow
@@ -97,6 +102,9 @@ def test_a_checkpoint_tune_never_saw_is_resumed_from_and_its_epoch_reported_once
         kill_group(proc)  # the trial waits before reporting epoch 1 to Tune
     finally:
         end_group(proc)
+    # A trial's last checkpoint is never resumed from for training: written weights only.
+    (unseen,) = study.glob("*/checkpoint_000000")
+    assert is_weights_only(unseen) == (epochs == 1), sorted(p.name for p in unseen.iterdir())
     (trial,) = [p.parent for p in study.glob("*/checkpoint_000000")]
     assert not (trial / "result.json").exists() or not (trial / "result.json").read_text().strip()
     resume_log = tmp_path / "resume.log"
@@ -107,6 +115,7 @@ def test_a_checkpoint_tune_never_saw_is_resumed_from_and_its_epoch_reported_once
     reported = [json.loads(line)["epoch"] for line in (trial / "result.json").read_text().splitlines() if line]
     assert reported == list(range(1, epochs + 1)), f"Tune's results of the trial: {reported}"
     assert sorted(p.name for p in trial.glob("checkpoint_*")) == [f"checkpoint_00000{i}" for i in range(epochs)]
+    assert "optimiser and the learning-rate schedule start afresh" not in (trial / "logs" / "trial.jsonl").read_text()
 
 
 def test_a_trial_that_ended_before_tunes_state_recorded_it_is_not_trained_again(

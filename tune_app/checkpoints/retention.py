@@ -270,3 +270,14 @@ def escalate(policy: RetentionPolicy, step: int) -> RetentionPolicy:
     if step == 1:
         return policy
     return replace(policy, keep_best_k=1, keep_last_n=0)
+
+
+def saves_resume_state(epoch: int, planned_epochs: int, *, keep_optimizer_state: bool) -> bool:
+    """Whether epoch ``epoch``'s checkpoint is written with its optimiser and scheduler state.
+
+    Only a running trial's newest checkpoint is ever resumed from, and a trial that trained
+    all ``planned_epochs`` is never trained again (``outcome.completed_final_result``), so
+    the last epoch's checkpoint can only be kept as a study best: weights only, as retention
+    would demote it, unless kept bests keep their optimiser state (``keep_optimizer_state``).
+    """
+    return keep_optimizer_state or epoch < planned_epochs

@@ -582,6 +582,8 @@ def save_checkpoint(
             "created": datetime.now(UTC).isoformat(),
             "compat": compat_json,
         }
+        if optimizer_state is None and scheduler_state is None:
+            manifest["weights_only"] = True
         meta_bytes = _write_bytes(
             tmp / MANIFEST_FILE, json.dumps(manifest, indent=1).encode()
         ).bytes
