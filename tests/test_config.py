@@ -108,6 +108,16 @@ def test_validation_imports_neither_torch_nor_transformers() -> None:
     assert lines[-1] == "[]", out.stdout
 
 
+def test_the_driver_builds_the_trainable_without_transformers() -> None:
+    """Every ``run`` command (start, ``resume=``, also of a finished study) builds the trainable
+    on the driver; only the trial's worker needs transformers (about 5 s of imports here)."""
+    code = ("import sys\n"
+            "import tune_app.trainable, tune_app.tuner\n"
+            "print(sorted(m for m in ('transformers', 'sklearn') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, **REPO_ARGS)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "true"])
 def test_cpus_per_trial_is_all_or_a_positive_number(value: str) -> None:
     with pytest.raises(ConfigError, match="tune.cpus_per_trial"):

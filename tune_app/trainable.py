@@ -48,7 +48,6 @@ from tune_app.study import (
     write_json_atomic,
     write_text_atomic,
 )
-from tune_app.training.loop import select_device
 
 logger = logging.getLogger("tune_app.trainable")
 
@@ -496,6 +495,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     from tune_app.data.redsm5 import load_splits
     from tune_app.evaluation.report import write_trial_report
     from tune_app.tracking.progress import log_epoch_progress
+    from tune_app.training.loop import select_device
     from tune_app.worker_cache import fresh_encoder
 
     study_dir = cfg.study_dir

@@ -1,7 +1,10 @@
 """The Ray dashboard shows a running study: its URL is printed, the running trial's task
 names the trial, the epoch it trains and its score, and the driver's lines are in the
 session's logs. Read through Ray's state API (what the dashboard itself reads) while a
-real study runs (each epoch held 2 s at the ``report`` failpoint so the study is seen live).
+real study runs (each epoch held 2 s at the ``report`` failpoint so the study is seen live,
+and each trial 12 s at ``trial_start``: the second trial keeps the study, and its dashboard,
+up while the log agent catches up with the first trial's line; on a loaded machine the 8 s
+the second trial took otherwise were not always enough).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import pytest
 
 from tests.integration.study_tools import end_group, start_run, tail, wait_for
 
-pytestmark = pytest.mark.slow  # a dashboard and a 2-trial study held at each epoch: about 1 min
+pytestmark = pytest.mark.slow  # a dashboard and a 2-trial study held at each epoch: about 1.5 min
 
 TASK = re.compile(r"^trial (\d+) \((\w+)\): epoch (\d+)/3, val_macro_f1 (\d[\d.e-]*) \(best (\d[\d.e-]*)\)$")
 
@@ -28,7 +31,7 @@ def test_dashboard_shows_trials_and_driver_log(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the study's, and the state API client's here
     proc = start_run(["tune.num_samples=2", "tune.max_epochs=3", "model=tiny", "data.num_posts=20",
                       "evaluation.on_finish=false", "tune.include_dashboard=true",
-                      f"tune.storage_path={tmp_path}", "tune.name=dash"], log, failpoints="report=2")
+                      f"tune.storage_path={tmp_path}", "tune.name=dash"], log, failpoints="report=2,trial_start=12")
     try:
         url_line: list[str] = []
 
