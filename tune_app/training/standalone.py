@@ -55,7 +55,8 @@ def train_config(cfg: AppConfig, splits: PostSplits, *, train_posts: int | None 
     a trial with ``cfg.seed``; the validation metrics of every epoch (``val_macro_f1``,
     ``val_evidence_f1``, ...), plus ``epoch`` and ``train_loss``."""
     from tune_app.models.encoders import load_encoder
-    from tune_app.trainable import build_training_run, select_device
+    from tune_app.trainable import build_training_run
+    from tune_app.training.loop import select_device
 
     before = torch.get_num_threads()
     if threads is not None:
