@@ -13,7 +13,7 @@ import torch
 
 from tests.checkpoints.forking import kill_forked_loop
 from tune_app.checkpoints.keeper import CheckpointKeeper
-from tune_app.checkpoints.retention import RetentionPolicy
+from tune_app.checkpoints.retention import RetentionPolicy, saves_resume_state
 from tune_app.checkpoints.store import (
     OPTIMIZER_FILE,
     TMP_PREFIX,
@@ -158,6 +158,4 @@ def test_a_checkpoint_saved_without_optimizer_state_is_weights_only_like_a_demot
 ])
 def test_only_a_trials_last_epoch_is_saved_without_resume_state(epoch: int, planned: int, keep: bool,
                                                                  expected: bool) -> None:
-    from tune_app.checkpoints.retention import saves_resume_state
-
     assert saves_resume_state(epoch, planned, keep_optimizer_state=keep) is expected
