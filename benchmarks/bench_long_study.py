@@ -63,7 +63,7 @@ def main() -> None:
     from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
     from ray.tune.execution.tune_controller import TuneController
 
-    from tune_app import run, tuner
+    from tune_app import run, state_sync, tuner
     from tune_app.tracking.progress import ProgressCallback
 
     rewrites: list[tuple[int, float, int]] = []  # (finished trials, seconds, state bytes)
@@ -90,6 +90,18 @@ def main() -> None:
         path = Path(self._storage.experiment_fs_path, self.experiment_state_file_name)
         rewrites.append((len(finished), time.perf_counter() - start, path.stat().st_size if path.exists() else 0))
 
+    original_journal = state_sync.journal_new_trial
+    journaled: list[tuple[int, float]] = []  # (finished trials, seconds to journal a new trial)
+
+    @functools.wraps(original_journal)
+    def journal_new_trial(*a: Any, **kw: Any) -> bool:
+        start = time.perf_counter()
+        out = original_journal(*a, **kw)
+        if out:
+            journaled.append((len(finished), time.perf_counter() - start))
+        return out
+
+    state_sync.journal_new_trial = journal_new_trial  # looked up at each call by the wrapped scheduler
     original_complete = ProgressCallback.on_trial_complete
 
     def on_trial_complete(self: Any, *a: Any, **kw: Any) -> None:
@@ -112,7 +124,9 @@ def main() -> None:
     first, last = per_trial[:window], per_trial[-window:]
 
     def around(n: int) -> tuple[int, float]:
-        near = [r for r in rewrites if abs(r[0] - n) <= max(5, n // 20)] or rewrites[-1:]
+        """State size and slowest rewrite among the rewrites nearest to ``n`` finished trials."""
+        gap = min(abs(r[0] - n) for r in rewrites)
+        near = [r for r in rewrites if abs(r[0] - n) <= max(gap, 5, n // 20)]
         return max(r[2] for r in near), max(r[1] for r in near)
 
     print(f"\nexit code {rc}; {len(finished)} trials in {wall:.0f} s ({wall / max(len(finished), 1):.2f} s/trial)")
@@ -128,7 +142,11 @@ def main() -> None:
     print(f"controller time in state syncs (rewrite + the wait before a trial starts): total "
           f"{sum(t for _, t in syncs):.1f} s; per trial {early * 1000:.0f} ms in the first {window}, "
           f"{late * 1000:.0f} ms in the last {window}")
-    print(f"state rewrites: {len(rewrites)} ({len(rewrites) / max(len(finished), 1):.1f} per trial), "
+    if journaled:
+        print(f"trials journaled instead of a rewrite: {len(journaled)}; journal line median "
+              f"{statistics.median(t for _, t in journaled) * 1000:.1f} ms, largest "
+              f"{max(t for _, t in journaled) * 1000:.1f} ms")
+    print(f"state rewrites: {len(rewrites)} ({len(rewrites) / max(len(finished), 1):.2f} per trial), "
           f"total {sum(r[1] for r in rewrites):.1f} s; largest {max(r[1] for r in rewrites) * 1000:.0f} ms")
     study = storage / "long"
     print("live checkpoint bytes after N trials (flat = retention bounds the disk): "

@@ -120,7 +120,11 @@ def test_a_local_study_gets_its_state_written_once_durably_and_staging_keeps_no_
     for t in ours._trials:
         Path(t.local_path).mkdir()
     (staging / "failed" / "error.txt").write_text("boom")
+    from tune_app.trial_journal import JournaledTrial, append
+
+    append(study, JournaledTrial("t2", _pair(2), {}))  # a trial added since the last save
     TuneController.save_to_dir(ours)  # type: ignore[arg-type]
+    assert state_sync._journaled_since_save.get(ours) == 0, "this start may journal its next trials"
 
     tunes = _FakeController(tmp_path / "tune", entries)
     TuneController.save_to_dir.__wrapped__(tunes)  # type: ignore[attr-defined]
@@ -128,7 +132,7 @@ def test_a_local_study_gets_its_state_written_once_durably_and_staging_keeps_no_
         (tmp_path / "tune" / "experiment_state-test.json").read_bytes()
     assert (study / "searcher-state-test.pkl").read_bytes() == b"searcher"
     assert sorted(p.name for p in study.iterdir()) == ["experiment_state-test.json", "searcher-state-test.pkl"], \
-        "no temp folder left"
+        "no temp folder left, and the journal is gone: the state names its trials"
     assert sorted(p.name for p in staging.iterdir()) == ["callbacks.pkl", "failed", "live"], \
         "only the callbacks' state is staged, and no ended trial's empty folder"
 

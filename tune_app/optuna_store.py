@@ -7,11 +7,12 @@ copies it into an Optuna SQLite study in the study folder, for ``optuna-dashboar
 
 * **When**: right after Tune saved its state into the study (``state_sync``'s ``save_to_dir``
   calls ``EarlyStopAwareOptunaSearch.sync_optuna_db``), and once when a study is restored
-  (:func:`sync_from_saved_state`, from ``tuner.restore_tuner``). Tune saves when a trial is
-  added (so a new trial shows as RUNNING with its params a moment after it is suggested, and the
-  trial before it with its final state), on its adaptive period while a trial runs (the
-  per-epoch intermediate values, a few seconds to a minute behind), and when the study ends or
-  is interrupted.
+  (:func:`sync_from_saved_state`, from ``tuner.restore_tuner``). Tune saves for the first trial
+  of each start (so it shows as RUNNING with its params a moment after it is suggested), on its
+  adaptive period (every 10 s or more: later trials, their final states and their per-epoch
+  intermediate values show up that far behind), and when the study ends or is interrupted.
+  Trials added between two saves are named by the trial journal (``tune_app.trial_journal``),
+  not by the DB.
 * **Why after the save, not at each ask/report/tell**: the DB then never holds anything Tune's
   saved state does not (a trial sampled, or a tell made, after the last save and lost with a
   SIGKILL). After any kill it is *behind* or equal to the restored study, and catching up only

@@ -30,11 +30,12 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.trial import TrialState
 from ray.air.constants import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_app import optuna_store, outcome
+from tune_app import optuna_store, outcome, trial_journal
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,45 @@ class EarlyStopAwareOptunaSearch(OptunaSearch):
         state["_ot_trials"] = {k: v for k, v in self._ot_trials.items() if k not in self._completed_trials}
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
+
+    def journal_entry(self, trial_id: str) -> dict[str, Any] | None:
+        """What :meth:`adopt` needs to take ``trial_id`` back after a restore (``tune_app.trial_journal``).
+
+        The Optuna trial as sampled (params, distributions, attributes, number) and the sampler
+        as it is now (its random state, after sampling it), pickled. None for a trial this
+        searcher did not sample.
+        """
+        ot_trial = self._ot_trials.get(trial_id)
+        study: Any = self._ot_study
+        if ot_trial is None or study is None:
+            return None
+        frozen = study._storage.get_trial(ot_trial._trial_id)
+        return {"optuna_trial": trial_journal.encode_blob(frozen),
+                "sampler": trial_journal.encode_blob(study.sampler)}
+
+    def adopt(self, trial_id: str, entry: dict[str, Any]) -> bool:
+        """Take back a trial sampled after the saved state this searcher was restored from.
+
+        Called on ``resume=`` for each journaled trial Tune's saved state lacked, in the order
+        they were sampled: the Optuna study gets the trial again (same number, params,
+        distributions and attributes, RUNNING), Ray's handle for it is made, and the sampler
+        takes the random state it had after sampling it, so the study goes on exactly as if it
+        had not been interrupted. False (nothing changed) for a trial the searcher knows already.
+        """
+        study: Any = self._ot_study
+        if study is None or trial_id in self._ot_trials or trial_id in self._completed_trials:
+            return False
+        frozen = trial_journal.decode_blob(entry["optuna_trial"])
+        storage_id = study._storage.create_new_trial(study._study_id, template_trial=frozen)
+        self._ot_trials[trial_id] = optuna.Trial(study, storage_id)
+        number = study._storage.get_trial(storage_id).number
+        if number != frozen.number:
+            logger.warning("trial %s rejoined the Optuna study as number %d (it was %d)", trial_id, number,
+                           frozen.number)
+        sampler = trial_journal.decode_blob(entry["sampler"])
+        study.sampler = sampler
+        self._sampler = sampler
+        return True
 
     def sync_optuna_db(self, study_dir: Path) -> bool:
         """Mirror the Optuna study into ``<study_dir>/optuna.db`` (``tune_app.optuna_store``); never raises.

@@ -5,10 +5,12 @@ callbacks) at each sync. Syncing at every controller step (``TUNE_GLOBAL_CHECKPO
 made that hundreds of rewrites per trial, each growing with the number of trials:
 quadratic I/O over a 1000-trial study. Instead (set up by ``tuner._env_for_tune``):
 
-* a forced sync, waited for, when a trial is added (:func:`sync_state_when_trial_added`),
-  before its actor starts, so a kill before the new trial's first checkpoint cannot lose
-  the trial from Tune's state: on resume it continues under its own id and folder instead
-  of being sampled again as a second trial next to an orphaned folder and MLflow run;
+* when a trial is added, before its actor starts, one fsynced line in the study's trial
+  journal (``trial_journal``; the first trial of each start gets a full sync, waited for,
+  instead: :func:`sync_state_when_trial_added`), so a kill before the new trial's first
+  checkpoint cannot lose it: on resume it rejoins Tune's trials and the searcher
+  (:func:`journaled_trials_rejoin_on_restore`) and continues under its own id and folder
+  instead of being sampled again as a second trial next to an orphaned folder and MLflow run;
 * Tune's own adaptive period (``auto``: syncing takes about 5 % of the time, at least 10 s
   apart), and its final sync when the study ends or is interrupted;
 * **no** forced sync after each reported checkpoint (:func:`no_forced_sync_per_checkpoint`;
@@ -20,8 +22,10 @@ quadratic I/O over a 1000-trial study. Instead (set up by ``tuner._env_for_tune`
   state once, straight into the study folder (:func:`encode_state_incrementally`), instead
   of into Tune's staging folder and then copied.
 
-So a study syncs about once per trial, and a rewrite costs one durable write of the state
-file, not an encoding of every trial ever run and a copy.
+So a study's full state is rewritten on Tune's adaptive period (about 5 % of the time), not
+once per trial; adding a trial costs one journal line whatever the size of the study; and a
+rewrite costs one durable write of the state file, not an encoding of every trial ever run
+and a copy.
 """
 
 from __future__ import annotations
@@ -49,16 +53,18 @@ _MARK = "_tune_app_syncs_on_add"
 
 
 def sync_state_when_trial_added() -> None:
-    """Make Tune save its state, and wait for it, before a new trial's actor starts.
+    """Before a new trial's actor starts, something durable names it: the journal, or Tune's saved state.
 
     Tune offers no hook for this, so ``TuneController._schedule_trial_actor`` is wrapped
     (once per process): for a trial that has no folder name yet (a new one, not a restored
     one), the name is chosen first (``Trial.init_local_path``, which Tune calls right after
-    anyway), then the controller's state is synced at once and waited for. So a trial
-    folder, checkpoint or MLflow run never exists unless Tune's saved state names its trial
-    and folder, and a study with no saved state has run nothing (``resume=`` can then start
-    it afresh). A Ray upgrade that renames either method fails
-    ``tests/integration/test_state_sync.py``.
+    anyway), then :func:`journal_new_trial` appends it to the study's trial journal (one fsynced
+    line). Where it cannot (the controller has not saved its full state in this study yet, a
+    remote study, a searcher that cannot adopt, a failed write), the controller's whole state
+    is synced at once and waited for. So a trial folder, checkpoint or MLflow run never exists
+    unless Tune's saved state or the journal names its trial and folder, and a study with no
+    saved state has run nothing (``resume=`` can then start it afresh). A Ray upgrade that
+    renames either method fails ``tests/integration/test_state_sync.py``.
     """
     from ray.tune.execution.tune_controller import TuneController
 
@@ -70,11 +76,66 @@ def sync_state_when_trial_added() -> None:
     def schedule_trial_actor(self: Any, trial: Any, *args: Any, **kwargs: Any) -> Any:
         if not getattr(trial, "relative_logdir", None):
             trial.init_local_path()
-            self.checkpoint(force=True, wait=True)
+            if not journal_new_trial(self, trial):
+                self.checkpoint(force=True, wait=True)
         return original(self, trial, *args, **kwargs)
 
     setattr(schedule_trial_actor, _MARK, True)
     TuneController._schedule_trial_actor = schedule_trial_actor  # type: ignore[method-assign]
+
+
+#: Per controller that saved its full state into its (local) study in this process: the
+#: trials journaled since. Only these journal new trials (the first trial of each start is
+#: saved in full, which also removes an older journal, so a torn line is never appended to).
+_journaled_since_save: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+#: At most this many trials between two full saves: a new trial past it gets a full save.
+#: Tune's adaptive period alone can grow to a minute (it is 19x the last save, the Optuna DB
+#: catch-up included): up to hundreds of short trials, each of which ``resume=`` would run
+#: again (to report the epochs Tune missed) after a kill. 20 keeps that to seconds on the
+#: smallest setting, and the full rewrite it forces costs under 10 ms per trial at 1000 trials.
+JOURNAL_MAX_TRIALS = 20
+
+
+def searcher_chain(search_alg: Any) -> list[Any]:
+    """Tune's search algorithm and the searchers it wraps, outermost first
+    (``SearchGenerator`` > ``ConcurrencyLimiter`` > the study's searcher)."""
+    chain = [search_alg]
+    for _ in range(8):  # Tune's wrappers nest two or three deep
+        inner = getattr(chain[-1], "searcher", None)
+        if inner is None:
+            break
+        chain.append(inner)
+    return chain
+
+
+def journal_new_trial(controller: Any, trial: Any) -> bool:
+    """Append ``trial`` (just added, folder named, not started) to the study's trial journal.
+
+    False when it cannot be journaled (see :func:`sync_state_when_trial_added`), or when
+    :data:`JOURNAL_MAX_TRIALS` trials were journaled since the last full save: the caller
+    saves Tune's whole state instead.
+    """
+    from tune_app import trial_journal
+
+    study = local_experiment_dir(controller._storage)
+    chain = searcher_chain(controller._search_alg)
+    entry = getattr(chain[-1], "journal_entry", None)
+    since = _journaled_since_save.get(controller)
+    if study is None or since is None or since >= JOURNAL_MAX_TRIALS or not callable(entry):
+        return False
+    searcher = entry(trial.trial_id)
+    if searcher is None:
+        return False
+    searcher["counter"] = getattr(chain[0], "_counter", None)
+    try:
+        trial_journal.append(study, trial_journal.JournaledTrial(
+            trial_id=trial.trial_id, tune_entry=trial.get_json_state(), searcher=searcher))
+    except OSError as exc:
+        logger.warning("could not journal trial %s in %s (%s): saving Tune's whole state instead", trial.trial_id,
+                       study, exc)
+        return False
+    _journaled_since_save[controller] = since + 1
+    return True
 
 
 _MOVED_MARK = "_tune_app_follows_moved_study"
@@ -232,13 +293,7 @@ def sync_optuna_db(search_alg: Any, study: Path) -> None:
     ``search_alg`` is Tune's wrapper (``SearchGenerator`` > ``ConcurrencyLimiter`` > searcher);
     a searcher without ``sync_optuna_db`` (not ours) is left alone. Never raises.
     """
-    searcher = search_alg
-    for _ in range(8):  # Tune's wrappers nest two or three deep
-        inner = getattr(searcher, "searcher", None)
-        if inner is None:
-            break
-        searcher = inner
-    sync = getattr(searcher, "sync_optuna_db", None)
+    sync = getattr(searcher_chain(search_alg)[-1], "sync_optuna_db", None)
     if callable(sync):
         sync(study)
 
@@ -274,6 +329,8 @@ def encode_state_incrementally() -> None:
     from ray.tune.execution.tune_controller import TuneController
     from ray.tune.utils.serialization import TuneFunctionEncoder
 
+    from tune_app import trial_journal
+
     if getattr(TuneController.save_to_dir, _ENCODE_MARK, False):
         return
 
@@ -301,6 +358,8 @@ def encode_state_incrementally() -> None:
                 logger.warning("could not save Tune's state in %s (%s); the study keeps its previous state, which "
                                "a resume starts from", study, exc)
                 return
+            _journaled_since_save[self] = 0
+            trial_journal.clear(study)  # the state just saved names every journaled trial
             sync_optuna_db(self._search_alg, study)  # never ahead of the state just saved
             # After a restore Tune's staging folder holds copies of the study's root files
             # (old state, progress.json): its syncer would copy them back over the live ones
@@ -317,6 +376,86 @@ def encode_state_incrementally() -> None:
 
     setattr(save_to_dir, _ENCODE_MARK, True)
     TuneController.save_to_dir = save_to_dir  # type: ignore[method-assign]
+
+_REJOIN_MARK = "_tune_app_journaled_trials_rejoin"
+#: Per restoring controller: the journaled trials merged into the restored trials, to adopt.
+_rejoining: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+
+
+def merge_journal(trial_data: list[Any], journal: list[Any]) -> list[Any]:
+    """The journaled trials (``trial_journal.JournaledTrial``) that ``trial_data`` (Tune's saved
+    trial entries) lacks, in journal order, each once."""
+    known = {json.loads(state).get("trial_id") for state, _ in trial_data}
+    missing = []
+    for record in journal:
+        if record.trial_id not in known:
+            known.add(record.trial_id)
+            missing.append(record)
+    return missing
+
+
+def adopt_journaled_trials(search_alg: Any, records: list[Any]) -> None:
+    """The searcher chain takes back the journaled trials Tune restored (in the order sampled):
+    the study's searcher its Optuna trial and sampler state, the concurrency limiter its live
+    trial, ``SearchGenerator`` its trial count (so ``num_samples`` still counts them)."""
+    chain = searcher_chain(search_alg)
+    adopt = getattr(chain[-1], "adopt", None)
+    for record in records:
+        if callable(adopt):
+            adopt(record.trial_id, record.searcher)
+        for wrapper in chain[1:-1]:
+            live = getattr(wrapper, "live_trials", None)
+            if getattr(wrapper, "_limit_concurrency", False) and isinstance(live, set) \
+                    and record.trial_id not in live:
+                live.add(record.trial_id)
+                wrapper.num_unfinished_live_trials += 1
+        counter = record.searcher.get("counter")
+        if isinstance(counter, int) and counter > getattr(chain[0], "_counter", counter):
+            chain[0]._counter = counter
+
+
+def journaled_trials_rejoin_on_restore() -> None:
+    """``Tuner.restore`` also restores the trials only the trial journal names (``trial_journal``).
+
+    ``TuneController._restore_trials`` is wrapped (once per process) to add, to the trials of
+    Tune's newest saved state, the journaled ones it lacks (their entries as they were when
+    added: PENDING, folder named), and ``TuneController.resume`` to have the searcher chain adopt
+    them once it is restored (:func:`adopt_journaled_trials`). Each then resumes like any
+    unfinished trial: in its own folder, from its newest valid checkpoint, reporting the epochs
+    Tune's state missed (``checkpoints.resume``), or reporting its final result again when it
+    had finished.
+    """
+    from ray.tune.execution.tune_controller import TuneController
+
+    from tune_app import trial_journal
+
+    if getattr(TuneController.resume, _REJOIN_MARK, False):
+        return
+    original_restore, original_resume = TuneController._restore_trials, TuneController.resume
+
+    @functools.wraps(original_restore)
+    def restore_trials(self: Any, experiment_state: dict[str, Any]) -> Any:
+        study = local_experiment_dir(self._storage)
+        records = trial_journal.read(study) if study is not None else []
+        missing = merge_journal(experiment_state["trial_data"], records)
+        if missing:
+            experiment_state = {**experiment_state,
+                                "trial_data": [*experiment_state["trial_data"], *(r.tune_entry for r in missing)]}
+            _rejoining[self] = missing
+            logger.info("%d trial(s) added after Tune's last saved state rejoin the study from %s: %s",
+                        len(missing), trial_journal.JOURNAL_FILE, ", ".join(r.trial_id for r in missing))
+        return original_restore(self, experiment_state)
+
+    @functools.wraps(original_resume)
+    def resume(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = original_resume(self, *args, **kwargs)
+        adopt_journaled_trials(self._search_alg, _rejoining.pop(self, []))
+        return out
+
+    setattr(resume, _REJOIN_MARK, True)
+    TuneController._restore_trials = restore_trials  # type: ignore[method-assign]
+    TuneController.resume = resume  # type: ignore[method-assign]
+
 
 class TrimEndedTrialState(Callback):
     """Shrinks each ended trial's entry in Tune's saved state to what is still read.

@@ -482,7 +482,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
         study_reclaimer,
         write_epoch_checkpoint,
     )
-    from tune_app.checkpoints.resume import plan_resume
+    from tune_app.checkpoints.resume import epochs_tune_missed, plan_resume
     from tune_app.checkpoints.retention import saves_resume_state
     from tune_app.checkpoints.store import (
         capture_rng_state,
@@ -549,9 +549,10 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     final = completed_final_result(trial_dir, epochs) if resumes_at <= epochs else None
     if final is not None:
         logger.warning("trial %s had trained all %d epochs (%s) before the study stopped, and Tune's saved "
-                       "state missed its end: not training it again, reporting its last result",
+                       "state missed its end: not training it again, reporting the epochs Tune missed",
                        ctx.get_trial_id(), epochs, TRIAL_STATE)
-        tune.report(final)
+        for result in epochs_tune_missed(trial_dir, preferred):
+            tune.report(result)
         return
     if resume_from is not None:
         loaded = load_checkpoint(resume_from, map_location=device)

@@ -238,9 +238,10 @@ def dashboard_hint(url: str, auth_mode: str | None) -> str:
 
 def _env_for_tune() -> None:
     """Tune's state syncs at bounded cost (see ``state_sync`` and docs/architecture.md):
-    on its own adaptive period (~5 % of the time), and forced whenever a trial is added
-    (not after each checkpoint); a rewrite re-encodes only the trials that changed; each
-    trial's entry keeps only its best and latest checkpoint, with only the score of each."""
+    on its own adaptive period (~5 % of the time), not after each checkpoint; a new trial is
+    named by a line of the trial journal (the first of each start by a full sync); a rewrite
+    re-encodes only the trials that changed; each trial's entry keeps only its best and
+    latest checkpoint, with only the score of each."""
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "auto")
     os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
     # Trial files go straight to the study (tracking.trial_files), not through each sync.
@@ -254,6 +255,7 @@ def _env_for_tune() -> None:
     state_sync.encode_state_incrementally()
     state_sync.new_trials_follow_moved_study()
     state_sync.failed_restore_is_fatal()
+    state_sync.journaled_trials_rejoin_on_restore()
 
 
 def make_scheduler(cfg: AppConfig) -> Any:

@@ -33,6 +33,7 @@ from typing import Any
 from tune_app.checkpoints.keeper import scan_trial_checkpoints
 from tune_app.checkpoints.store import (
     PRUNED_FILE,
+    CorruptCheckpointError,
     checkpoint_index,
     is_tombstone,
     read_trainer_state,
@@ -54,6 +55,25 @@ class CatchUpReport:
 class ResumePlan:
     resume_from: Path | None
     catch_up: tuple[CatchUpReport, ...] = field(default=())
+
+
+def epochs_tune_missed(trial_dir: Path, tune_checkpoint: Path | None) -> list[dict[str, Any]]:
+    """For a trial that trained all its epochs but whose end Tune's saved state missed: each
+    epoch's result (``trial_state.json`` history) after the epoch of Tune's checkpoint, in order,
+    its final result last. All of them when Tune holds no readable checkpoint of it (a trial only
+    the trial journal named): re-reporting an epoch Tune had is harmless, missing one is not
+    (the Optuna study, the scheduler's rungs and MLflow would lack it)."""
+    from tune_app.outcome import read_trial_state
+
+    history = [dict(h) for h in read_trial_state(trial_dir).get("history", []) if isinstance(h, dict)]
+    held = 0
+    if tune_checkpoint is not None:
+        try:
+            held = int(read_trainer_state(tune_checkpoint)["epoch"])
+        except (CorruptCheckpointError, ValueError, TypeError):  # pruned, torn or foreign: report every epoch
+            held = 0
+    missed = [h for h in history if not isinstance(h.get("epoch"), int) or h["epoch"] > held]
+    return missed or history[-1:]
 
 
 def checkpoint_dir_name(index: int) -> str:
