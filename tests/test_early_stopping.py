@@ -197,6 +197,19 @@ def test_a_stop_on_disk_wins_over_a_scheduler_that_never_saw_it(tmp_path: Path) 
     assert _report(sched, t, 1, 0.99) == TrialScheduler.STOP
 
 
+def test_a_stopped_trial_replaying_its_epochs_is_stopped_at_the_epoch_it_was_stopped_at(tmp_path: Path) -> None:
+    """A trial stopped at epoch 2 that Tune's saved state missed (only the trial journal named
+    it) reports epochs 1 and 2 again after a restore: it goes on through epoch 1, whatever the
+    rung now says, and is stopped at epoch 2, so Tune and Optuna end with the value it stopped at."""
+    sched = _asha()
+    t = _trial(tmp_path, "x")
+    sched.on_trial_add(None, t)
+    outcome.record_stopped(t.storage.trial_fs_path, {"scheduler": "asha", "epoch": 2})
+    assert sched.on_trial_result(None, t, {"epoch": 1, METRIC: 0.0}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(None, t, {"epoch": 2, METRIC: 0.0}) == TrialScheduler.STOP
+    assert all("x" not in records for _, records in sched.rung_records()), "a replayed epoch is not judged again"
+
+
 def test_median_rule_stops_below_the_median_never_pauses_and_survives_a_restore(tmp_path: Path) -> None:
     def make() -> Any:
         s = DurableMedianStoppingRule(max_epochs=4, time_attr="epoch", grace_period=1, min_samples_required=2)

@@ -161,9 +161,12 @@ class _DurableStopping:
         self._bind(trial)
         trial_id = trial.trial_id
         trial_dir = Path(trial.storage.trial_fs_path) if getattr(trial, "storage", None) else None
-        if trial_id in self.stopped or (trial_dir is not None and outcome.trial_outcome(trial_dir) == outcome.STOPPED):
-            return TrialScheduler.STOP  # stopped before a restore: never revived
         epoch = result.get(self._time_attr)
+        stopped_at = self._stopped_before(trial_id, trial_dir)
+        if stopped_at is not None:  # stopped before a restore: never revived
+            if isinstance(epoch, int) and isinstance(stopped_at, int) and epoch < stopped_at:
+                return TrialScheduler.CONTINUE  # an epoch before its stop, reported again for Tune and Optuna
+            return TrialScheduler.STOP
         planned = outcome.planned_epochs(getattr(trial, "config", None), self.max_epochs)
         decision, detail = self._decide(tune_controller, _TrialKey(trial_id), result)
         if decision == TrialScheduler.STOP and isinstance(epoch, int) and epoch < planned:
@@ -178,6 +181,17 @@ class _DurableStopping:
             decision = TrialScheduler.CONTINUE
         self.save_state()
         return decision
+
+    def _stopped_before(self, trial_id: str, trial_dir: Path | None) -> int | str | None:
+        """The epoch a trial was stopped at before (this scheduler's record, else the trial's
+        ``trial_state.json``); ``"unknown"`` when recorded without one; None if never stopped."""
+        record = self.stopped.get(trial_id)
+        if record is None and trial_dir is not None and outcome.trial_outcome(trial_dir) == outcome.STOPPED:
+            record = outcome.stop_record(outcome.read_trial_state(trial_dir)) or {}
+        if record is None:
+            return None
+        epoch = record.get("epoch")
+        return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else "unknown"
 
     def _record_on_disk(self, trial_dir: Path, record: dict[str, Any]) -> None:
         from tune_app.checkpoints.failpoints import pause

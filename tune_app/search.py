@@ -18,6 +18,10 @@ their last intermediate value (Optuna's own handling of pruned trials).
   trial's value is the epoch it stopped at and every trial holds all its epochs.
 * Only plain attributes are added (an int): Tune pickles the searcher with the experiment
   and ``Tuner.restore`` gets it back as is.
+* A trial sampled after the saved state a restore brings back (named only by the trial
+  journal, ``tune_app.trial_journal``) is taken back with :meth:`adopt`, from what
+  :meth:`journal_entry` recorded when it was added: the same Optuna trial and the sampler's
+  random state after sampling it.
 * The Optuna study is mirrored into ``<study>/optuna.db`` (:meth:`sync_optuna_db`, called by
   ``state_sync`` right after Tune saved this searcher; see ``tune_app.optuna_store``).
 """

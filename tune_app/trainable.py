@@ -454,13 +454,21 @@ def _run_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
                                       max_bytes=cfg.tracking.log_max_bytes,
                                       backup_count=cfg.tracking.log_backup_count)
     try:
-        # Stopped early before a restore (a kill can land between the scheduler's decision and
-        # Tune's saved state): never trained again; its last result goes back to Tune instead.
-        final = stopped_final_result(trial_dir)
-        if final is not None:
-            logger.info("trial %s was stopped early at epoch %s: not training it again", ctx.get_trial_id(),
-                        final.get("epoch"))
-            tune.report(final)
+        # Ended before a restore, and Tune's saved state missed it (a kill can land between the
+        # scheduler's decision or the last epoch and Tune's next save; a trial only the trial
+        # journal names): never trained again, nothing loaded; the epochs Tune's saved state
+        # lacks go back to it instead (each ``tune.report`` is harmless when Tune had it).
+        stopped = stopped_final_result(trial_dir)
+        if stopped is not None or completed_final_result(trial_dir, cfg.trial_epochs) is not None:
+            from tune_app.checkpoints.resume import epochs_tune_missed
+
+            logger.info("trial %s had %s before the study stopped: not training it again, reporting the epochs "
+                        "Tune's saved state missed", ctx.get_trial_id(),
+                        f"been stopped early at epoch {stopped.get('epoch')}" if stopped is not None
+                        else f"trained all {cfg.trial_epochs} epochs")
+            tune_ckpt = tune.get_checkpoint()
+            for result in epochs_tune_missed(trial_dir, Path(tune_ckpt.path) if tune_ckpt is not None else None):
+                tune.report(result)
             return
         with training_slot(ctx.get_trial_id()):
             _train(cfg, params, ctx, storage, trial_dir)
@@ -482,14 +490,13 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
         study_reclaimer,
         write_epoch_checkpoint,
     )
-    from tune_app.checkpoints.resume import epochs_tune_missed, plan_resume
+    from tune_app.checkpoints.resume import plan_resume
     from tune_app.checkpoints.retention import saves_resume_state
     from tune_app.checkpoints.store import (
         capture_rng_state,
         check_compat,
         estimate_checkpoint_bytes,
         load_checkpoint,
-        read_trainer_state,
         restore_rng_state,
     )
     from tune_app.data.redsm5 import load_splits
@@ -543,17 +550,6 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     preferred = Path(tune_ckpt.path) if tune_ckpt is not None else None
     plan = plan_resume(trial_dir, tune_checkpoint=preferred, next_index=storage.current_checkpoint_index + 1)
     resume_from = plan.resume_from
-    # Finished before a kill, but Tune's saved state did not record its end, and retention had
-    # already pruned the checkpoints it would resume from: never trained again.
-    resumes_at = int(read_trainer_state(resume_from)["epoch"]) + 1 if resume_from is not None else 1
-    final = completed_final_result(trial_dir, epochs) if resumes_at <= epochs else None
-    if final is not None:
-        logger.warning("trial %s had trained all %d epochs (%s) before the study stopped, and Tune's saved "
-                       "state missed its end: not training it again, reporting the epochs Tune missed",
-                       ctx.get_trial_id(), epochs, TRIAL_STATE)
-        for result in epochs_tune_missed(trial_dir, preferred):
-            tune.report(result)
-        return
     if resume_from is not None:
         loaded = load_checkpoint(resume_from, map_location=device)
         check_compat(loaded.compat, compat)
