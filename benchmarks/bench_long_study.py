@@ -38,6 +38,7 @@ Measured 2026-12-05 (quiet 2-core machine, 1000 trials, one run each):
                                     first 100 0.218 s/trial (median 0.201), last 100 0.244 s (median
                                     0.225): ratio 1.12; 252 s total; 49 rewrites; journal line
                                     median 2.2 ms; syncs 16 -> 21 ms per trial
+                                    (run 2: 0.218 -> 0.246 s, median 0.202 -> 0.224: ratio 1.13; 272 s)
 """
 
 from __future__ import annotations
