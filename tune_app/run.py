@@ -154,6 +154,7 @@ def _resume(cfg: object) -> int:
     from tune_app.study import ensure_prepared
     from tune_app.tracking.replay import replay_pending
     from tune_app.tracking.uri import create_sqlite_store
+    from tune_app.trial_journal import journal_path
     from tune_app.tuner import (
         can_restore,
         check_resources,
@@ -187,8 +188,10 @@ def _resume(cfg: object) -> int:
         code = _evaluate_on_finish(cfg.study_dir)
         _say(mlflow_hint(cfg))
         return code
+    journaled = (f"; {status.journaled_only} more trial(s) started after Tune's last full save (named by "
+                 f"{journal_path(cfg.study_dir)}) rejoin the study" if status.journaled_only else "")
     _say(f"Resuming {cfg.study_dir}: {status.ended}/{status.num_samples} trials ended ({status.counts_line}); "
-         f"{status.best_line}")
+         f"{status.best_line}{journaled}")
     return _report(run_study(cfg, resume=True), cfg)
 
 

@@ -51,6 +51,9 @@ class StudyOutcome:
     #: The epoch of ``best_score`` in the best trial.
     best_epoch: int | None = None
     metric: str = "val_macro_f1"
+    #: Trials started after Tune's last full save, named only by the trial journal (not counted
+    #: above: a resume rejoins them).
+    journaled_only: int = 0
 
     @property
     def errored(self) -> int:
@@ -493,8 +496,13 @@ def study_status(cfg: AppConfig) -> StudyOutcome:
     from counting as complete: the resume must run it, so its last results reach Tune and
     MLflow (the trainable reports them again).
     """
+    from tune_app import trial_journal
+
     _ray_init(cfg)
     results = restore_tuner(cfg).get_results()
     summary = summarise(results, cfg)
-    unseen = [t for t in _tune_trials(results) if not outcome.tune_ended(t.status)]
-    return dataclasses.replace(summary, pending_in_tune=len(unseen))
+    trials = _tune_trials(results)
+    unseen = [t for t in trials if not outcome.tune_ended(t.status)]
+    known = {t.trial_id for t in trials} | {r.metrics.get("trial_id") for r in results if r.metrics}
+    journaled = {r.trial_id for r in trial_journal.read(cfg.study_dir)} - known
+    return dataclasses.replace(summary, pending_in_tune=len(unseen), journaled_only=len(journaled))

@@ -120,7 +120,10 @@ def test_trials_only_the_journal_names_rejoin_and_the_study_ends_as_an_uninterru
     assert len(only_journaled) >= 3, (only_journaled, saved)
     assert any(t.name.split("_")[2] in only_journaled for t in trial_dirs(study)), "their folders exist"
 
-    assert run([f"resume={study}"], log) == 0, tail(log)
+    resume_log = tmp_path / "resume.log"
+    assert run([f"resume={study}"], resume_log) == 0, tail(resume_log)
+    # The resume's first line counts them (Tune's saved state alone does not).
+    assert f"; {len(only_journaled)} more trial(s) started after Tune's last full save" in resume_log.read_text()
     assert not _journal_ids(study), "the journal is gone once Tune's state names its trials"
     trials = trial_dirs(study)
     assert len(trials) == 14, [t.name for t in trials]
