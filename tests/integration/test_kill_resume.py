@@ -89,7 +89,9 @@ def _interrupt(tmp_path: Path, sig: signal.Signals, name: str = "killed") -> tup
     return storage, study
 
 
-def _check_finished_study(storage: Path, study: Path) -> None:
+def _check_finished_study(storage: Path, study: Path, *, graceful: bool) -> None:
+    """The resumed study ended as an uninterrupted one would. ``graceful``: it was stopped by
+    SIGINT/SIGTERM, which lets the running trial go on until Tune stops it."""
     trials = trial_dirs(study)
     assert len(trials) == SAMPLES, [t.name for t in trials]
     params = [json.loads((t / "params.json").read_text()) for t in trials]
@@ -98,8 +100,14 @@ def _check_finished_study(storage: Path, study: Path) -> None:
     assert all(s["status"] == "completed" for s in states)
     assert all([h["epoch"] for h in s["history"]] == list(range(1, EPOCHS + 1)) for s in states)
     resumed = [s for s in states if len(s["starts"]) > 1]
-    assert len(resumed) == 1, "exactly the interrupted trial restarts"
-    assert resumed[0]["starts"][-1]["start_epoch"] > 1, "it continues from its checkpoint, not epoch 1"
+    # At most the interrupted trial is trained again, from its checkpoint. A trial whose last
+    # epoch was durable before the interruption (the interrupted one, or an earlier one whose end
+    # Tune's state had not saved yet) reports what Tune missed and is not trained again. A
+    # graceful stop lets the running trial go on, and may end between two trials.
+    not_again = [t.name for t in trials if "not training it again" in (t / "logs" / "trial.jsonl").read_text()]
+    assert len(resumed) <= 1, ("only the interrupted trial is trained again", [s["starts"] for s in states])
+    assert graceful or resumed or not_again, "a SIGKILL mid-trial leaves a trial to take up"
+    assert all(s["starts"][-1]["start_epoch"] > 1 for s in resumed), "it continues from its checkpoint, not epoch 1"
     runs = mlflow_runs(storage, study.name)
     assert len(runs) == SAMPLES, "one MLflow run per trial, no duplicate run after restore"
     (study_run,) = mlflow_runs(storage, study.name, kind="study")  # found again by the resume, not recreated
@@ -131,7 +139,7 @@ def test_kill_in_trial_two_then_resume_finishes_the_study(tmp_path: Path, sig: s
     log = tmp_path / "resume.log"
     assert run([f"resume={study}"], log) == 0, tail(log)
     assert f"Study complete: {SAMPLES}/{SAMPLES}" in log.read_text()
-    _check_finished_study(storage, study)
+    _check_finished_study(storage, study, graceful=sig != signal.SIGKILL)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
@@ -140,7 +148,7 @@ def test_documented_tuner_restore_verbatim_finishes_the_study_like_resume(tmp_pa
     assert study == tmp_path / README_STUDY
     proc = run_readme_restore(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    _check_finished_study(storage, study)
+    _check_finished_study(storage, study, graceful=sig != signal.SIGKILL)
     assert (study / "evaluation_report.json").is_file(), "the snippet ends with the test evaluation, as resume= does"
     log = tmp_path / "again.log"
     assert run([f"resume={study}"], log) == 0, tail(log)
@@ -168,4 +176,4 @@ def test_failed_documented_restore_leaves_the_study_as_it_was(tmp_path: Path) ->
     assert state.name in log.read_text() and "Traceback" not in log.read_text(), tail(log)
     state.write_bytes(good)
     assert run([f"resume={study}"], log) == 0, tail(log)
-    _check_finished_study(tmp_path / "experiments", study)
+    _check_finished_study(tmp_path / "experiments", study, graceful=True)
