@@ -494,7 +494,8 @@ def study_status(cfg: AppConfig) -> StudyOutcome:
     A trial whose own files say it ended, but which Tune's saved state still holds as
     running (killed after its last epoch, before Tune took that result), keeps the study
     from counting as complete: the resume must run it, so its last results reach Tune and
-    MLflow (the trainable reports them again).
+    MLflow (the trainable reports them again). ``journaled_only`` counts the trials only the
+    trial journal names (the restore adds them; ``state_sync.journaled_trials_rejoin_on_restore``).
     """
     from tune_app import trial_journal
 
