@@ -180,9 +180,17 @@ class TuneSection:
     n_startup_trials: int = at_least(2, 0)
     reuse_actors: bool = True  # one worker process runs the study's trials one after another
     verbose: int = 1
-    cpus_per_trial: float | str = "all"  # "all": every CPU Ray sees (trials run one at a time)
+    cpus_per_trial: float | str = "all"  # "all": every CPU Ray sees, shared equally by the concurrent trials
     gpus_per_trial: float = -1.0  # -1: one GPU when CUDA is available, else 0
     include_dashboard: bool = False
+    # Trials that run at once (1: one after another, the default); each needs its own CPUs/GPU.
+    max_concurrent_trials: int = at_least(1)
+    # Ray to run on: None starts a local Ray; "auto" joins the cluster this machine is part of;
+    # "host:port" (the head's GCS address) or "ray://host:port" (Ray Client) an existing one.
+    address: str | None = None
+    # Tune retries a trial whose attempt failed (a lost node, a killed worker) this many times,
+    # from its newest valid checkpoint; 0 = a failed attempt ends the trial in ERROR.
+    max_failures: int = at_least(0, 0)
     # Early stopping (tune_app/early_stopping.py); validated in _validate_early_stopping.
     scheduler: str = one_of("asha", SCHEDULERS)
     grace_period: int = 1  # asha, median: epochs every trial trains before it may be stopped (<= max_epochs used)
@@ -766,9 +774,23 @@ def validate(cfg: AppConfig) -> None:
     if cpus != "all" and (isinstance(cpus, bool) or not isinstance(cpus, int | float) or not cpus > 0):
         raise ConfigError(f"tune.cpus_per_trial={cpus!r} is invalid: \"all\" (every CPU; the default) "
                           "or a number > 0")
+    _validate_cluster(cfg)
     _validate_early_stopping(cfg)
     _validate_tracking(cfg)
     _validate_encoders(cfg)
+
+
+#: ``tune.address``: "auto", or a cluster's ``host:port`` (GCS) / ``ray://host:port`` (Ray Client).
+_ADDRESS = re.compile(r"^(ray://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):\d{1,5}$")
+
+
+def _validate_cluster(cfg: AppConfig) -> None:
+    """``tune.address`` names a Ray cluster Ray can join."""
+    address = cfg.tune.address
+    if address is not None and address != "auto" and not _ADDRESS.match(str(address)):
+        raise ConfigError(f"tune.address={address!r} is not a Ray address: use auto (the cluster this machine "
+                          "belongs to), <head host>:6379 (its GCS address), ray://<head host>:10001 (Ray Client), "
+                          "or leave it unset (null) to start a local Ray")
 
 
 def _validate_encoders(cfg: AppConfig) -> None:

@@ -588,7 +588,9 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     projected = estimate_checkpoint_bytes(model, optimizer)
     # Not enough room even after keeping only the study's single best: stop before training.
     reclaim = study_reclaimer(study_dir, metric=cfg.tune.metric)
-    ensure_room(study_dir, projected, reclaim)
+    # Each of the study's concurrent trials may be writing a checkpoint this size at once.
+    saves = cfg.tune.max_concurrent_trials
+    ensure_room(study_dir, projected, reclaim, concurrent_saves=saves)
     background = choose_async_save(cfg, device, projected)
     param_ptrs = {p.data_ptr() for p in model.parameters()}
 
@@ -649,7 +651,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
             on_failure = functools.partial(tune.report, dict(metrics))
             if not background:
                 save_epoch_checkpoint(
-                    target, study_dir, projected_bytes=projected, reclaim=reclaim,
+                    target, study_dir, projected_bytes=projected, reclaim=reclaim, concurrent_saves=saves,
                     before_save=lambda: write_state("running"), on_failure=on_failure,
                     model_state=model.state_dict(), **resume_state, trainer_state=trainer_state, compat=compat,
                     rng_state=capture_rng_state(),
@@ -658,7 +660,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
                 continue
             try:
                 prepare_epoch_save(target, study_dir, projected_bytes=projected, reclaim=reclaim,
-                                   before_save=lambda: write_state("running"))
+                                   before_save=lambda: write_state("running"), concurrent_saves=saves)
             except BaseException:
                 run_failure_hook(on_failure)
                 raise

@@ -1,7 +1,7 @@
 """Tuner assembly, restore and signals: the only place that creates a ``tune.Tuner``.
 
 * ``build_tuner``: OptunaSearch (seeded TPE, define-by-run space from ``searchspaces/``),
-  ``max_concurrent_trials=1``, the function trainable, our callbacks.
+  ``tune.max_concurrent_trials`` (1 by default), the function trainable, our callbacks.
 * ``restore_tuner``: ``Tuner.restore(study_dir, ...)`` with ``resume_unfinished`` and
   ``resume_errored``: the interrupted trial continues from its checkpoint and the
   Optuna state survives (and ``<study>/optuna.db`` catches up with it).
@@ -90,41 +90,67 @@ class StudyOutcome:
         return summary_line({FINISHED: self.terminated, STOPPED: self.stopped, FAILED: self.errored})
 
 
-def trial_resources(cfg: AppConfig, available: dict[str, float]) -> dict[str, float]:
-    """CPUs and GPUs of one trial, checked against what Ray sees (``available``).
+def trial_resources(cfg: AppConfig, available: dict[str, float],
+                    largest_node: dict[str, float] | None = None) -> dict[str, float]:
+    """CPUs and GPUs of one trial, checked against what Ray sees (``available``, the cluster's
+    total) and, on a cluster, its largest node (``largest_node``: a trial runs on one node).
 
-    ``tune.cpus_per_trial=all`` takes every CPU (trials run one at a time);
-    ``tune.gpus_per_trial=-1`` one GPU when there is one. A request Ray cannot meet is
-    a ``ConfigError`` before ``fit()``, never a study waiting forever.
+    ``tune.cpus_per_trial=all`` shares the CPUs equally among ``tune.max_concurrent_trials``
+    trials (all of them when trials run one at a time), at most one node's;
+    ``tune.gpus_per_trial=-1`` one GPU when there is one. A request Ray cannot meet is a
+    ``ConfigError`` before ``fit()``, never a study waiting forever.
     """
     from tune_app.config import ConfigError
 
+    node = largest_node or available
     have_cpus = float(available.get("CPU", 0.0))
     have_gpus = float(available.get("GPU", 0.0))
-    cpus = have_cpus if cfg.tune.cpus_per_trial == "all" else float(cfg.tune.cpus_per_trial)
+    node_cpus, node_gpus = float(node.get("CPU", have_cpus)), float(node.get("GPU", have_gpus))
+    concurrent = cfg.tune.max_concurrent_trials
+    if cfg.tune.cpus_per_trial == "all":
+        cpus = have_cpus if concurrent == 1 else max(1.0, float(int(have_cpus // concurrent)))
+        cpus = min(cpus, node_cpus)
+    else:
+        cpus = float(cfg.tune.cpus_per_trial)
     gpus = float(cfg.tune.gpus_per_trial)
     if gpus < 0:
         gpus = 1.0 if have_gpus >= 1 else 0.0
-    if cpus > have_cpus:
-        raise ConfigError(f"tune.cpus_per_trial={cfg.tune.cpus_per_trial} but Ray sees {have_cpus:g} CPU(s) "
-                          f"here: use tune.cpus_per_trial=all or a number <= {have_cpus:g}")
-    if gpus > have_gpus:
-        raise ConfigError(f"tune.gpus_per_trial={cfg.tune.gpus_per_trial} but Ray sees {have_gpus:g} GPU(s) "
-                          "here: use tune.gpus_per_trial=-1 (one GPU when there is one) or 0")
+    if cpus > node_cpus:
+        where = "here" if largest_node is None else "on any one node (a trial runs on one node)"
+        raise ConfigError(f"tune.cpus_per_trial={cfg.tune.cpus_per_trial} but Ray sees {node_cpus:g} CPU(s) "
+                          f"{where}: use tune.cpus_per_trial=all or a number <= {node_cpus:g}")
+    if gpus > node_gpus:
+        where = "here" if largest_node is None else "on any one node"
+        raise ConfigError(f"tune.gpus_per_trial={cfg.tune.gpus_per_trial} but Ray sees {node_gpus:g} GPU(s) "
+                          f"{where}: use tune.gpus_per_trial=-1 (one GPU when there is one) or 0")
     if cfg.train.device == "cuda" and gpus <= 0:
         why = (f"Ray sees {have_gpus:g} GPU(s) here" if have_gpus < 1
                else f"tune.gpus_per_trial={cfg.tune.gpus_per_trial} gives the trial none")
         raise ConfigError(f"train.device=cuda but {why}: use train.device=auto (CUDA when the trial has a GPU, "
                           "else CPU) or train.device=cpu")
+    fits = min(int(have_cpus // cpus) if cpus else concurrent, int(have_gpus // gpus) if gpus else concurrent)
+    if concurrent > 1 and fits < concurrent:
+        logger.warning("tune.max_concurrent_trials=%d but Ray has room for %d trial(s) of %g CPU / %g GPU at "
+                       "once: the others wait for a free slot", concurrent, fits, cpus, gpus)
     return {"cpu": cpus, "gpu": gpus}
 
 
+def largest_node() -> dict[str, float] | None:
+    """The CPUs and GPUs of the cluster's largest live node (``None`` with one node: the total says it)."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return None
+    return {key: max(float(n.get(key, 0.0)) for n in nodes) for key in ("CPU", "GPU")}
+
+
 def check_resources(cfg: AppConfig) -> dict[str, float]:
-    """Start Ray and check the trial's resource request against it (before any folder is made)."""
+    """Start (or join) Ray and check the trial's resource request against it (before any folder is made)."""
     import ray
 
     _ray_init(cfg)
-    return trial_resources(cfg, ray.cluster_resources())
+    return trial_resources(cfg, ray.cluster_resources(), largest_node())
 
 
 def make_trainable(cfg: AppConfig) -> Any:
@@ -139,12 +165,13 @@ def make_trainable(cfg: AppConfig) -> Any:
     from tune_app.trainable import train_trial
 
     _env_for_tune()
-    available = ray.cluster_resources() if ray.is_initialized() else {"CPU": float(os.cpu_count() or 1)}
+    initialized = ray.is_initialized()
+    available = ray.cluster_resources() if initialized else {"CPU": float(os.cpu_count() or 1)}
     app_config = cfg.to_dict()
     # A relative storage path would name another folder in a Ray worker (its cwd is not ours).
     app_config["tune"]["storage_path"] = str(cfg.storage_dir)
     bound = tune.with_parameters(train_trial, app_config=app_config)
-    return tune.with_resources(bound, trial_resources(cfg, available))
+    return tune.with_resources(bound, trial_resources(cfg, available, largest_node() if initialized else None))
 
 
 def make_callbacks(cfg: AppConfig) -> list[Any]:
@@ -208,6 +235,9 @@ def _ray_init(cfg: AppConfig) -> None:
         # Its notice that the local cluster uses a token (printed before any handler of ours can see it).
         logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     context = ray.init(
+        address=cfg.tune.address,
+        # On an existing cluster the workers do not inherit this process's environment.
+        runtime_env={"env_vars": worker_env()} if cfg.tune.address else None,
         include_dashboard=cfg.tune.include_dashboard,
         dashboard_host=os.environ.get("TUNE_APP_DASHBOARD_HOST", "127.0.0.1"),
         # Quiet (the default): Ray's records go through our logging (study log; console at
@@ -227,6 +257,15 @@ def _ray_init(cfg: AppConfig) -> None:
     url = getattr(context, "dashboard_url", None)
     if cfg.tune.include_dashboard and url:
         print(dashboard_hint(str(url), os.environ.get("RAY_AUTH_MODE")), flush=True)
+
+
+#: Environment the trial workers need (set here by ``_ray_init`` / ``_env_for_tune`` before Ray starts).
+_WORKER_ENV_PREFIXES = ("TUNE_", "RAY_CHDIR_TO_TRIAL_DIR")
+
+
+def worker_env() -> dict[str, str]:
+    """The ``TUNE_*`` / ``TUNE_APP_*`` settings of this process, for workers on an existing cluster."""
+    return {k: v for k, v in os.environ.items() if k.startswith(_WORKER_ENV_PREFIXES)}
 
 
 def dashboard_hint(url: str, auth_mode: str | None) -> str:
@@ -289,7 +328,10 @@ def build_tuner(cfg: AppConfig) -> Any:
     if not verbose():
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory..."
     space = load_space(cfg.searchspace, **space_settings(cfg))
-    sampler = optuna.samplers.TPESampler(seed=cfg.tune.sampler_seed, n_startup_trials=cfg.tune.n_startup_trials)
+    # constant_liar: with trials running at once, TPE treats each running trial as a bad result
+    # at its point, so the next proposals spread out instead of piling onto the running ones.
+    sampler = optuna.samplers.TPESampler(seed=cfg.tune.sampler_seed, n_startup_trials=cfg.tune.n_startup_trials,
+                                         constant_liar=True)
     # study_name: also the name of the study's Optuna DB (<study>/optuna.db, tune_app.optuna_store).
     search = EarlyStopAwareOptunaSearch(space=space, metric=cfg.tune.metric, mode=MODE, sampler=sampler,
                                         max_epochs=cfg.tune.max_epochs, study_name=cfg.tune.name)
@@ -301,7 +343,7 @@ def build_tuner(cfg: AppConfig) -> Any:
             metric=cfg.tune.metric,
             mode=MODE,
             num_samples=cfg.tune.num_samples,
-            max_concurrent_trials=1,
+            max_concurrent_trials=cfg.tune.max_concurrent_trials,
             reuse_actors=cfg.tune.reuse_actors,
         ),
         run_config=tune.RunConfig(
@@ -321,7 +363,8 @@ def build_tuner(cfg: AppConfig) -> Any:
                 checkpoint_score_attribute=cfg.tune.metric,
                 checkpoint_score_order=MODE,
             ),
-            failure_config=tune.FailureConfig(max_failures=0),
+            # A retried attempt resumes from the trial's newest valid checkpoint (the trainable's plan).
+            failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
             verbose=tune_verbosity(cfg),
         ),
     )

@@ -89,15 +89,16 @@ def _disk_full_message(study_dir: Path, target: Path, projected_bytes: int, exc:
 
 
 def ensure_room(study_dir: Path, projected_bytes: int, reclaim: Callable[[], int] | None = None, *,
-                safety_margin_bytes: int = 64 << 20) -> None:
-    """Preflight; when short, ``reclaim()`` (storage-pressure step 3) and check again.
+                safety_margin_bytes: int = 64 << 20, concurrent_saves: int = 1) -> None:
+    """Preflight (room for ``concurrent_saves`` such saves at once); when short, ``reclaim()``
+    (storage-pressure step 3) and check again.
 
     Raises:
         InsufficientStorageError: still short; nothing has been written.
     """
     try:
         preflight(study_dir, projected_checkpoint_bytes=projected_bytes, reclaimable_bytes=0,
-                  safety_margin_bytes=safety_margin_bytes)
+                  safety_margin_bytes=safety_margin_bytes, concurrent_saves=concurrent_saves)
     except InsufficientStorageError:
         if reclaim is None:
             raise
@@ -105,7 +106,7 @@ def ensure_room(study_dir: Path, projected_bytes: int, reclaim: Callable[[], int
         logger.warning("storage pressure before a save in %s: freed %s by keeping only the single best "
                        "checkpoint of the study", study_dir, human_bytes(freed))
         preflight(study_dir, projected_checkpoint_bytes=projected_bytes, reclaimable_bytes=0,
-                  safety_margin_bytes=safety_margin_bytes)
+                  safety_margin_bytes=safety_margin_bytes, concurrent_saves=concurrent_saves)
 
 
 def _disk_full_error(study_dir: Path, target: Path, projected_bytes: int, exc: OSError,
@@ -115,7 +116,7 @@ def _disk_full_error(study_dir: Path, target: Path, projected_bytes: int, exc: O
 
 def prepare_epoch_save(target: Path, study_dir: Path, *, projected_bytes: int,
                        reclaim: Callable[[], int] | None = None, before_save: Callable[[], object] | None = None,
-                       safety_margin_bytes: int = 64 << 20) -> None:
+                       safety_margin_bytes: int = 64 << 20, concurrent_saves: int = 1) -> None:
     """``before_save()`` (the trainable's metrics), then :func:`ensure_room`: all of a save but the write.
 
     Raises:
@@ -127,7 +128,8 @@ def prepare_epoch_save(target: Path, study_dir: Path, *, projected_bytes: int,
         if before_save is not None:
             before_save()
             metrics_written = True
-        ensure_room(study_dir, projected_bytes, reclaim, safety_margin_bytes=safety_margin_bytes)
+        ensure_room(study_dir, projected_bytes, reclaim, safety_margin_bytes=safety_margin_bytes,
+                    concurrent_saves=concurrent_saves)
     except OSError as exc:
         if exc.errno not in DISK_FULL_ERRNOS:
             raise
@@ -169,6 +171,7 @@ def save_epoch_checkpoint(
     before_save: Callable[[], object] | None = None,
     on_failure: Callable[[], object] | None = None,
     safety_margin_bytes: int = 64 << 20,
+    concurrent_saves: int = 1,
     **save_kwargs: Any,
 ) -> SavedCheckpoint:
     """``before_save()`` (the trainable's metrics), :func:`ensure_room`, then ``save_checkpoint``.
@@ -186,7 +189,8 @@ def save_epoch_checkpoint(
     target, study_dir = Path(target), Path(study_dir)
     try:
         prepare_epoch_save(target, study_dir, projected_bytes=projected_bytes, reclaim=reclaim,
-                           before_save=before_save, safety_margin_bytes=safety_margin_bytes)
+                           before_save=before_save, safety_margin_bytes=safety_margin_bytes,
+                           concurrent_saves=concurrent_saves)
         return write_epoch_checkpoint(target, study_dir, projected_bytes=projected_bytes, **save_kwargs)
     except BaseException:
         run_failure_hook(on_failure)

@@ -66,8 +66,12 @@ def preflight(
     reclaimable_bytes: int,
     safety_margin_bytes: int = 64 * _MIB,
     disk_usage: Callable[[Any], Any] = shutil.disk_usage,
+    concurrent_saves: int = 1,
 ) -> None:
-    """Raise :class:`InsufficientStorageError` if free + reclaimable < projected + margin.
+    """Raise :class:`InsufficientStorageError` if free + reclaimable < projected x saves + margin.
+
+    ``concurrent_saves``: trials that may each be writing a checkpoint of this size at once
+    (``tune.max_concurrent_trials``): free space now does not show the others' saves to come.
 
     ``reclaimable_bytes`` is what cleanup could free (e.g. a
     :func:`tune_app.checkpoints.cleanup_scan.scan_study` report). The message gives
@@ -76,7 +80,8 @@ def preflight(
     """
     study_dir = Path(study_dir)
     usage = disk_usage(_existing_ancestor(study_dir))
-    needed = projected_checkpoint_bytes + safety_margin_bytes
+    saves = max(1, int(concurrent_saves))
+    needed = projected_checkpoint_bytes * saves + safety_margin_bytes
     if usage.free + reclaimable_bytes >= needed:
         return
     used_by_study = dir_nbytes(study_dir) if study_dir.exists() else 0
@@ -86,7 +91,8 @@ def preflight(
         f"  free on its filesystem:     {human_bytes(usage.free)} of {human_bytes(usage.total)}",
         f"  reclaimable by cleanup:     {human_bytes(reclaimable_bytes)}",
         f"  projected checkpoint size:  {human_bytes(projected_checkpoint_bytes)}"
-        f" (+ {human_bytes(safety_margin_bytes)} safety margin)",
+        + (f" x {saves} trials saving at once (tune.max_concurrent_trials)" if saves > 1 else "")
+        + f" (+ {human_bytes(safety_margin_bytes)} safety margin)",
         f"  short by:                   {human_bytes(needed - usage.free - reclaimable_bytes)}",
     ]
     artifacts = largest_artifacts(study_dir) if study_dir.exists() else []
