@@ -16,6 +16,8 @@ from tune_app.config import (
     CONFIG_DIR,
     AppConfig,
     ConfigError,
+    apply_resume_overrides,
+    check_resume_overrides,
     compose,
     config_groups,
     default_choices,
@@ -124,10 +126,10 @@ def cfg_text(args: list[str]) -> str:
     _, overrides = parse_cfg(args)
     resume = [o for o in overrides if o.startswith("resume=") and o.partition("=")[2] not in {"", "null", "None"}]
     if resume:
-        if len(overrides) > 1:
-            raise ConfigError("resume= takes no other overrides: a study resumes with the configuration it "
-                              "was started with")
-        cfg: AppConfig = load_study_config(Path(resume[0].partition("=")[2]).expanduser().resolve())
+        rest = [o for o in overrides if o not in resume]
+        check_resume_overrides(rest)
+        cfg: AppConfig = apply_resume_overrides(
+            load_study_config(Path(resume[0].partition("=")[2]).expanduser().resolve()), rest)
     else:
         cfg = compose(overrides)
     return cfg.to_yaml().rstrip("\n")

@@ -793,6 +793,30 @@ def _validate_cluster(cfg: AppConfig) -> None:
                           "or leave it unset (null) to start a local Ray")
 
 
+#: The one override ``resume=`` takes: where the rest of the study runs is not part of the study.
+RESUME_OVERRIDE = "tune.address="
+
+
+def check_resume_overrides(overrides: list[str]) -> None:
+    """``resume=`` takes no overrides but ``tune.address=`` (another Ray cluster); else a ``ConfigError``."""
+    others = [o for o in overrides if not o.startswith(RESUME_OVERRIDE)]
+    if others:
+        raise ConfigError(f"resume= takes no other overrides but tune.address (got {' '.join(others)}): a study "
+                          "resumes with the configuration it was started with")
+
+
+def apply_resume_overrides(cfg: AppConfig, overrides: list[str]) -> AppConfig:
+    """The saved ``cfg`` with a resume's ``tune.address=`` applied (``null``: a local Ray), validated."""
+    check_resume_overrides(overrides)
+    if not overrides:
+        return cfg
+    value = overrides[-1][len(RESUME_OVERRIDE):].strip().strip("'\"")
+    tune = dataclasses.replace(cfg.tune, address=None if value in {"", "null", "None"} else value)
+    cfg = dataclasses.replace(cfg, tune=tune)
+    validate(cfg)
+    return cfg
+
+
 def _validate_encoders(cfg: AppConfig) -> None:
     """``tune.encoders`` (the encoder as a search dimension) and every encoder's input length."""
     from tune_app.models.catalog import ENCODER_CATALOG

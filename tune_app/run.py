@@ -73,19 +73,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: list[str]) -> int:
-    from tune_app.config import ConfigError, compose, load_study_config
+    from tune_app.config import (
+        ConfigError,
+        apply_resume_overrides,
+        check_resume_overrides,
+        compose,
+        load_study_config,
+    )
     from tune_app.study_lock import study_lock
 
     target, overrides = _resume_target(args)
     if target is not None:
-        if overrides:
-            raise ConfigError(f"resume= takes no other overrides (got {' '.join(overrides)}): a study "
-                              "resumes with the configuration it was started with")
+        check_resume_overrides(overrides)
         study_dir = Path(target).expanduser().resolve()
         if not study_dir.is_dir():
             raise ConfigError(f"resume={target}: no such folder. Pass the study folder "
                               "<tune.storage_path>/<tune.name> that `python -m tune_app.run` printed")
         cfg = load_study_config(study_dir)  # a folder that is no study gets no lock file either
+        cfg = apply_resume_overrides(cfg, overrides)
         with study_lock(study_dir):  # the config names study_dir, wherever the study was started
             return _resume(cfg)
 

@@ -90,6 +90,16 @@ def apply_params(cfg: AppConfig, params: dict[str, Any]) -> AppConfig:
     return out
 
 
+def _node_id() -> str | None:
+    """The Ray node this worker runs on (``None`` outside Ray)."""
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - a record, never a reason to fail the trial
+        return None
+
+
 def use_trial_cpus(ctx: Any) -> int:
     """Set torch's thread count to the CPUs Tune gave this trial (``tune.cpus_per_trial``)."""
     cpus = 0.0
@@ -577,6 +587,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     starts = _previous_starts(trial_dir) + [{
         "start_epoch": start_epoch, "resumed_from": resume_from.name if resume_from else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid(), "torch_threads": threads,
+        "node_id": _node_id(),  # on a cluster: which node ran this attempt
     }]
     finished = start_epoch > epochs and bool(state.history)
     write_json_atomic(trial_dir / TRIAL_STATE, {"status": "completed" if finished else "running",

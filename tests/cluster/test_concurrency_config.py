@@ -98,3 +98,25 @@ def test_the_tuner_runs_n_trials_at_once_with_retries(tmp_path: Path) -> None:
     assert local.get_run_config().failure_config.max_failures == 2
     sampler = local._tune_config.search_alg._sampler
     assert sampler._constant_liar is True  # TPE spreads proposals away from the running trials
+
+
+def test_a_resume_may_run_on_another_cluster_and_takes_nothing_else(tmp_path: Path) -> None:
+    import yaml
+
+    from tune_app.cli_help import cfg_text
+    from tune_app.config import apply_resume_overrides
+
+    cfg = compose(["tune.address=auto", "tune.max_concurrent_trials=2"])
+    moved = apply_resume_overrides(cfg, ["tune.address=ray://other-head:10001"])
+    assert moved.tune.address == "ray://other-head:10001" and moved.tune.max_concurrent_trials == 2
+    assert apply_resume_overrides(cfg, ["tune.address=null"]).tune.address is None
+    assert apply_resume_overrides(cfg, []) is cfg
+    with pytest.raises(ConfigError, match="not a Ray address"):
+        apply_resume_overrides(cfg, ["tune.address=nowhere"])
+    with pytest.raises(ConfigError, match=r"takes no other overrides but tune.address \(got tune.num_samples=9\)"):
+        apply_resume_overrides(cfg, ["tune.address=auto", "tune.num_samples=9"])
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "study_config.yaml").write_text(compose(["tune.name=study"]).to_yaml())
+    shown = yaml.safe_load(cfg_text(["--cfg", "job", f"resume={study}", "tune.address=10.1.2.3:6379"]))
+    assert shown["tune"]["address"] == "10.1.2.3:6379"
