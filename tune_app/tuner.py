@@ -234,6 +234,7 @@ def _ray_init(cfg: AppConfig) -> None:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # its verbose=0 still prints a config table
         # Its notice that the local cluster uses a token (printed before any handler of ours can see it).
         logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    check_reachable(cfg.tune.address)
     context = ray.init(
         address=cfg.tune.address,
         # On an existing cluster the workers do not inherit this process's environment.
@@ -257,6 +258,26 @@ def _ray_init(cfg: AppConfig) -> None:
     url = getattr(context, "dashboard_url", None)
     if cfg.tune.include_dashboard and url:
         print(dashboard_hint(str(url), os.environ.get("RAY_AUTH_MODE")), flush=True)
+
+
+def check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
+    """A ``host:port`` / ``ray://host:port`` cluster answers on its port, else a ``ConfigError``
+    at once (Ray itself retries an unreachable address for minutes). ``auto``: Ray's own error."""
+    import socket
+
+    from tune_app.config import ConfigError
+
+    if not address or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        start = ("ray start --head --ray-client-server-port=10001" if address.startswith("ray://")
+                 else "ray start --head --port=6379")
+        raise ConfigError(f"tune.address={address}: no Ray cluster answers there ({exc.strerror or exc}). Start "
+                          f"one (`{start}` on the head node), check host and port, or drop tune.address to run "
+                          "on a local Ray") from None
 
 
 #: Environment the trial workers need (set here by ``_ray_init`` / ``_env_for_tune`` before Ray starts).

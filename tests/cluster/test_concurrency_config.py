@@ -120,3 +120,17 @@ def test_a_resume_may_run_on_another_cluster_and_takes_nothing_else(tmp_path: Pa
     (study / "study_config.yaml").write_text(compose(["tune.name=study"]).to_yaml())
     shown = yaml.safe_load(cfg_text(["--cfg", "job", f"resume={study}", "tune.address=10.1.2.3:6379"]))
     assert shown["tune"]["address"] == "10.1.2.3:6379"
+
+
+def test_an_unreachable_cluster_fails_at_once_naming_the_address(tmp_path: Path) -> None:
+    """Ray itself retries an address nobody answers for minutes; the study fails in seconds."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "tune_app.run", "tune.address=127.0.0.1:1",
+                          f"tune.storage_path={tmp_path}"], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "tune.address=127.0.0.1:1: no Ray cluster answers there" in out.stderr
+    assert "ray start --head --port=6379" in out.stderr
+    assert not (tmp_path / "redsm5_study").exists()

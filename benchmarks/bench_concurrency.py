@@ -1,0 +1,122 @@
+"""Concurrent trials on a cluster: the same study sequential vs N = 2 at once.
+
+    python benchmarks/bench_concurrency.py [--trials 8] [--repeats 2] [overrides...]
+
+Starts a two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a head without
+CPUs, two worker nodes of one CPU each), then runs the same ``--trials``-trial study (FIFO, so
+both run every trial to its planned epochs; ``retention=minimal``) through it with
+``tune.max_concurrent_trials=1`` and ``=2`` (one CPU per trial), as a whole
+``python -m tune_app.run`` process each, repeated and interleaved (the order alternates each
+repeat) so machine noise hits both alike. While each runs, the study folder is polled for
+checkpoint folders holding bytes plus saves in flight (``tmp-*``). Prints each run's wall time,
+trial count and peak, then min and median of
+
+    speed-up = sequential wall / concurrent wall        (target >= 1.6x on 2 cores)
+
+and the peak against retention's bound ``K_best + N x (resume point + own best + 1 in flight)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tune_app.checkpoints.store import TMP_PREFIX, is_tombstone  # noqa: E402
+
+DEFAULTS = ["model=tiny", "tune.max_epochs=4", "tune.scheduler=fifo", "retention=minimal",
+            "tune.cpus_per_trial=1", "evaluation.on_finish=false"]
+
+
+def checkpoints_on_disk(study: Path) -> int:
+    n = 0
+    for t in study.glob("train_trial_*"):
+        n += sum(1 for c in t.glob("checkpoint_*") if c.is_dir() and not is_tombstone(c))
+        n += sum(1 for c in t.glob(f"{TMP_PREFIX}*") if c.is_dir())
+    return n
+
+
+def one_study(address: str, concurrent: int, storage: Path, trials: int, overrides: list[str],
+              env: dict[str, str]) -> tuple[float, int, int]:
+    """Wall seconds, completed trials and peak checkpoints of one study."""
+    study = storage / "study"
+    peak = 0
+    done = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak
+        while not done.is_set():
+            if study.is_dir():
+                peak = max(peak, checkpoints_on_disk(study))
+            time.sleep(0.05)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "tune_app.run", *overrides, f"tune.address={address}",
+                          f"tune.max_concurrent_trials={concurrent}", f"tune.num_samples={trials}",
+                          f"tune.storage_path={storage}", "tune.name=study"], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wall = time.perf_counter() - start
+    done.set()
+    poller.join()
+    if out.returncode != 0:
+        sys.exit(f"study failed ({out.returncode}):\n{out.stdout[-3000:]}")
+    completed = sum(1 for t in study.glob("train_trial_*/trial_state.json")
+                    if json.loads(t.read_text()).get("status") == "completed")
+    return wall, completed, max(peak, checkpoints_on_disk(study))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    overrides = [*DEFAULTS, *args.overrides]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    walls: dict[int, list[float]] = {1: [], 2: []}
+    peaks: dict[int, list[int]] = {1: [], 2: []}
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        with tempfile.TemporaryDirectory(prefix="bench_concurrency_") as tmp:
+            for rep in range(args.repeats):
+                for n in ((1, 2) if rep % 2 == 0 else (2, 1)):
+                    wall, completed, peak = one_study(cluster.address, n, Path(tmp) / f"n{n}_r{rep}", args.trials,
+                                                      overrides, env)
+                    if completed != args.trials:
+                        sys.exit(f"N={n}: {completed} of {args.trials} trials completed")
+                    walls[n].append(wall)
+                    peaks[n].append(peak)
+                    print(f"repeat {rep + 1}: N={n} {wall:.1f} s, {completed} trials completed, "
+                          f"peak {peak} checkpoints on disk", flush=True)
+    finally:
+        cluster.shutdown()
+    ratios = [s / c for s, c in zip(walls[1], walls[2], strict=True)]
+    bound = 1 + 2 * 3  # retention=minimal: K_best=1; per running trial resume point + own best + 1 in flight
+    print(f"\noverrides: {' '.join(overrides)}; {args.trials} trials x {args.repeats} repeats, interleaved, "
+          "2 nodes x 1 CPU")
+    print(f"sequential (N=1) wall  min {min(walls[1]):.1f} s  median {statistics.median(walls[1]):.1f} s")
+    print(f"concurrent (N=2) wall  min {min(walls[2]):.1f} s  median {statistics.median(walls[2]):.1f} s")
+    print(f"speed-up N=2 vs N=1    min {min(ratios):.2f}x  median {statistics.median(ratios):.2f}x (target >= 1.6x)")
+    print(f"peak checkpoints       N=1 max {max(peaks[1])} (bound {1 + 3}), N=2 max {max(peaks[2])} (bound {bound})")
+
+
+if __name__ == "__main__":
+    main()
