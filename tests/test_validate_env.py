@@ -112,6 +112,12 @@ def test_disk_need_is_checkpoint_times_retained_plus_one(tmp_path: Path) -> None
     capped = ve.check_disk(_cfg(tmp_path, "retention.max_total_size_gb=0.1"), per,
                            disk_usage=lambda _: Usage(10 * need, 0, need))
     assert capped.ok and "prune harder" in capped.detail["warning"]
+    # Two trials at once: the study's best 2, and per running trial its last 2 and the one being written.
+    two = ve.check_disk(_cfg(tmp_path, "retention=permissive", "tune.max_concurrent_trials=2"), per,
+                        disk_usage=lambda _: Usage(10 * need, 0, need))
+    assert not two.ok and two.detail["checkpoints_held"] == 2 + 2 * 3
+    assert "8 x 100.0 MiB checkpoints of tiny, 2 trials at once" in (two.problem or "")
+    assert "tune.max_concurrent_trials" in (two.fix or "")
 
 
 # --- MLflow -------------------------------------------------------------------------

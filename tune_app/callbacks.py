@@ -9,7 +9,7 @@ tombstones and falls back to the newest valid checkpoint.
 
 ``StoragePressureCallback`` runs the background ``StorageMonitor`` and, while free
 space is critical, escalates the retention policy one step at a time:
-1. prune the running trial's unprotected checkpoints now;
+1. prune the running trials' unprotected checkpoints now;
 2. later trials keep ``keep_best_k=1, keep_last_n=0``;
 3. keep only the single best checkpoint of the whole study.
 """
@@ -43,7 +43,7 @@ PRESSURE_TAG = "tune_app.storage_pressure_step"
 #: staging folder and copies them back at every state sync, so a later write to such a file by the
 #: driver would be overwritten by the stale copy (``.jsonl`` is not synced).
 PRESSURE_FILE = "storage_pressure.jsonl"
-STEP_ACTIONS = {1: "prune the running trial's unprotected checkpoints",
+STEP_ACTIONS = {1: "prune the running trials' unprotected checkpoints",
                 2: "later trials keep best 1, last 0",
                 3: "keep only the single best checkpoint of the study"}
 
@@ -203,13 +203,16 @@ class StoragePressureCallback(Callback):
             self._monitor.stop()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.check(trial)
+        self.check(trial, trials)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self.check(trial)
+        self.check(trial, trials)
 
-    def check(self, trial: Any | None = None) -> int:
-        """Escalate one step if free space is critical now; returns the current step."""
+    def check(self, trial: Any | None = None, trials: list | None = None) -> int:
+        """Escalate one step if free space is critical now; returns the current step.
+
+        Step 1 prunes ``trial``'s unprotected checkpoints and those of every other trial of
+        ``trials`` Tune runs now (N trials at once write to the same disk)."""
         if self._monitor is None:
             return self.retention.pressure_step
         status = self._monitor.check_now()
@@ -229,13 +232,15 @@ class StoragePressureCallback(Callback):
             self._tag(trial, self.retention.pressure_step)  # a later trial running under pressure
         if not self._monitor.needs_pruning:
             return self.retention.pressure_step
-        if self.retention.pressure_step == 1 and trial is not None:
-            self._prune_trial_unprotected(trial)
+        if self.retention.pressure_step == 1:
+            running = [t for t in trials or [] if t is not trial and getattr(t, "status", None) == "RUNNING"]
+            for t in ([trial] if trial is not None else []) + running:
+                self._prune_trial_unprotected(t)
         self.retention.apply()
         return self.retention.pressure_step
 
     def _prune_trial_unprotected(self, trial: Any) -> int:
-        """Step 1: the running trial keeps only protected checkpoints (study best, resume point)."""
+        """Step 1: a running trial keeps only protected checkpoints (study best, resume point)."""
         freed = self.retention.prune_trial_unprotected(trial, "storage pressure step 1: unprotected")
         if freed:
             logger.warning("storage pressure step 1: pruned %.1f MB of trial %s", freed / 1e6, _trial_key(trial))

@@ -762,6 +762,12 @@ def validate(cfg: AppConfig) -> None:
     if not cfg.tune.storage_path.strip():
         raise ConfigError("tune.storage_path='' is empty: the study would be written into the current folder; "
                           "set a folder, e.g. tune.storage_path=experiments (the default)")
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", cfg.tune.storage_path.strip())
+    if scheme:
+        raise ConfigError(f"tune.storage_path={cfg.tune.storage_path!r}: an object store ({scheme.group(1)}://) is "
+                          "not supported yet: the study writes checkpoints, its lock and its journal straight to "
+                          "a folder. Mount the bucket or share (NFS, s3fs/mountpoint-s3, gcsfuse) at the same "
+                          "path on every node and pass that path, e.g. tune.storage_path=/mnt/studies")
     if not cfg.tune.name or "/" in cfg.tune.name or cfg.tune.name in {".", ".."}:
         raise ConfigError(f"tune.name={cfg.tune.name!r} is invalid: a folder name without '/'")
     _check_no_secret_in_folder(cfg)

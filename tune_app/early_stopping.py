@@ -26,8 +26,8 @@ Both are thin subclasses of Tune's schedulers that add what a long, resumable st
   trainable (``train_trial``) does not train a trial whose state says stopped at all: it
   reports its last result again and returns.
 * Trials are keyed by trial id (``_TrialKey``), never by Tune's ``Trial`` objects, so the state
-  is plain JSON and matches the restored trials. The median rule never PAUSEs a trial (with
-  ``max_concurrent_trials=1`` pausing buys nothing and would checkpoint through Tune).
+  is plain JSON and matches the restored trials. The median rule never PAUSEs a trial (pausing
+  would checkpoint through Tune, outside the harness's own checkpoints).
 """
 
 from __future__ import annotations

@@ -246,11 +246,13 @@ def projected_checkpoint_bytes(cfg: AppConfig) -> tuple[int, str]:
 
 def check_disk(cfg: AppConfig, per_checkpoint: int | None = None, *, source: str = "",
                disk_usage: Callable[[Any], Any] = shutil.disk_usage) -> Check:
-    """Free space >= checkpoint x (keep_best_k + keep_last_n + 1) + margin."""
+    """Free space >= checkpoint x (keep_best_k + N x (keep_last_n + 1)) + margin, N =
+    ``tune.max_concurrent_trials`` (each running trial: its last N and the save being written)."""
     if per_checkpoint is None:
         per_checkpoint, source = projected_checkpoint_bytes(cfg)
     r = cfg.retention
-    count = r.keep_best_k + r.keep_last_n + 1  # +1: the checkpoint being written
+    concurrent = cfg.tune.max_concurrent_trials
+    count = r.keep_best_k + concurrent * (r.keep_last_n + 1)  # +1: the checkpoint being written
     need = per_checkpoint * count + SAFETY_MARGIN_BYTES
     where = _existing_ancestor(cfg.storage_dir)
     usage = disk_usage(where)
@@ -258,7 +260,7 @@ def check_disk(cfg: AppConfig, per_checkpoint: int | None = None, *, source: str
         "path": str(where), "model": cfg.model.name, "size_source": source, "retention": r.name,
         "checkpoint_bytes": per_checkpoint, "checkpoints_held": count, "needed_bytes": need,
         "free_bytes": int(usage.free), "needed": human_bytes(need), "free": human_bytes(usage.free),
-        "retention.max_total_size_gb": r.max_total_size_gb,
+        "retention.max_total_size_gb": r.max_total_size_gb, "max_concurrent_trials": concurrent,
     }
     if per_checkpoint * count > r.max_total_size_gb * (1 << 30):
         detail["warning"] = (f"{count} checkpoints ({human_bytes(per_checkpoint * count)}) exceed "
@@ -267,9 +269,12 @@ def check_disk(cfg: AppConfig, per_checkpoint: int | None = None, *, source: str
         return Check("disk", False, detail=detail,
                      problem=f"{human_bytes(usage.free)} free under {where}, the retention policy needs "
                              f"{human_bytes(need)} ({count} x {human_bytes(per_checkpoint)} checkpoints "
-                             f"of {cfg.model.name} + {human_bytes(SAFETY_MARGIN_BYTES)} margin)",
-                     fix="tune.storage_path=<bigger disk>, retention=minimal, a smaller model "
-                         "(model=tiny|minilm), or free space: python -m tune_app.cleanup --study <dir> --execute")
+                             f"of {cfg.model.name}"
+                             + (f", {concurrent} trials at once" if concurrent > 1 else "")
+                             + f" + {human_bytes(SAFETY_MARGIN_BYTES)} margin)",
+                     fix="tune.storage_path=<bigger disk>, retention=minimal, a smaller model (model=tiny|minilm), "
+                         + ("fewer trials at once (tune.max_concurrent_trials), " if concurrent > 1 else "")
+                         + "or free space: python -m tune_app.cleanup --study <dir> --execute")
     return Check("disk", True, detail=detail)
 
 
@@ -402,16 +407,30 @@ def check_nltk(cfg: AppConfig) -> Check:
 
 
 def check_ray(cfg: AppConfig) -> Check:
-    """``ray.init`` (one CPU, no dashboard) and shutdown, timed."""
+    """``ray.init`` (one CPU, no dashboard) and shutdown, timed; with ``tune.address``, joining that
+    cluster (reachable, live nodes, one trial's CPUs/GPUs on one node) instead."""
     import ray
 
     started = time.monotonic()
     detail: dict[str, Any] = {"ray": ray.__version__, "include_dashboard": cfg.tune.include_dashboard}
     with contextlib.suppress(OSError):
         detail["shm_free"] = human_bytes(shutil.disk_usage("/dev/shm").free)
+    address = cfg.tune.address
     try:
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if address:  # the study's cluster: reachable, and room for one trial on one of its nodes
+            from tune_app.tuner import check_reachable, largest_node, trial_resources
+
+            detail["address"] = address
+            check_reachable(address)
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+            detail["nodes"] = sum(1 for n in ray.nodes() if n.get("Alive"))
+            detail["trial_resources"] = trial_resources(cfg, ray.cluster_resources(), largest_node())
+        else:
+            ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
         detail["cluster_cpus"] = ray.cluster_resources().get("CPU")
+    except ConfigError as exc:
+        return Check("ray", False, detail=detail, problem=str(exc),
+                     fix="change tune.address, tune.cpus_per_trial or tune.gpus_per_trial as the problem says")
     except Exception as exc:  # noqa: BLE001 - any start failure is the finding
         return Check("ray", False, detail=detail, problem=f"ray.init failed: {type(exc).__name__}: {exc}",
                      fix="`ray stop` stale instances; free /tmp and /dev/shm (container: shm_size); unset RAY_ADDRESS")

@@ -134,3 +134,18 @@ def test_an_unreachable_cluster_fails_at_once_naming_the_address(tmp_path: Path)
     assert "tune.address=127.0.0.1:1: no Ray cluster answers there" in out.stderr
     assert "ray start --head --port=6379" in out.stderr
     assert not (tmp_path / "redsm5_study").exists()
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/studies", "gs://bucket/x", "hdfs://nn:8020/studies"])
+def test_an_object_store_uri_names_the_mount_it_needs(uri: str) -> None:
+    """Not a folder named 's3:' in the current directory: a clear refusal that says what works."""
+    with pytest.raises(ConfigError, match=r"tune.storage_path=.*an object store .* is not supported yet.*Mount"):
+        validate(compose([f"tune.storage_path='{uri}'"]))
+
+
+def test_validate_env_checks_the_studys_cluster() -> None:
+    from tune_app.validate_env import check_ray
+
+    down = check_ray(compose(["tune.address=127.0.0.1:1"]))
+    assert not down.ok and "tune.address=127.0.0.1:1: no Ray cluster answers there" in (down.problem or "")
+    assert down.detail["address"] == "127.0.0.1:1"

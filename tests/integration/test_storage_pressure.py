@@ -125,6 +125,36 @@ def test_critical_checks_escalate_one_step_each(tmp_path: Path, caplog: pytest.L
     assert fresh.pressure_step == 3
 
 
+def test_step_one_prunes_every_trial_running_at_once(tmp_path: Path) -> None:
+    """N trials write to one disk: step 1 prunes the unprotected checkpoints of each running trial,
+    not only of the trial whose result triggered the check."""
+    study = tmp_path / "study"
+    a, b, c = study / "trial_a", study / "trial_b", study / "trial_c"
+    p = {"a0": _ckpt(a, 0, 0.9), "a1": _ckpt(a, 1, 0.3), "a2": _ckpt(a, 2, 0.2),
+         "b0": _ckpt(b, 0, 0.4), "b1": _ckpt(b, 1, 0.1), "b2": _ckpt(b, 2, 0.2),
+         "c0": _ckpt(c, 0, 0.35), "c1": _ckpt(c, 1, 0.1), "c2": _ckpt(c, 2, 0.15)}
+    retention = RetentionCallback(study, metric=METRIC,
+                                  policy=RetentionPolicy(keep_last_n=2, keep_best_k=1, keep_best_k_max=1))
+    disk = FakeDisk()
+    pressure = StoragePressureCallback(study, retention, interval_s=3600, warn_free_fraction=0.10,
+                                       error_free_fraction=0.05, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                                       experiment_name="pressure", disk_usage=disk)
+    trials = [_trial(a, "aaa", 0.2), _trial(b, "bbb", 0.2), _trial(c, "ccc", 0.15)]
+    for t, status in zip(trials, ("RUNNING", "RUNNING", "PENDING"), strict=True):
+        t.status = status
+    pressure.setup()
+    try:
+        retention.apply()  # last 2 + own best of each running trial: nothing goes yet
+        assert _live(p) == set(p)
+        disk.free_fraction = 0.08
+        assert pressure.check(trials[0], trials) == 1
+    finally:
+        pressure.on_experiment_end([])
+    # a (the reporting trial) and b (running beside it) keep the study best and their resume
+    # points; c is not running (its records are left to the plan).
+    assert _live(p) == {"a0", "a2", "b2", "c0", "c1", "c2"}
+
+
 def test_warning_band_is_critical_but_ok_is_not(tmp_path: Path) -> None:
     study = tmp_path / "study"
     study.mkdir()
