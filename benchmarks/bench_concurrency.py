@@ -43,6 +43,7 @@ DEFAULTS = ["model=tiny", "tune.max_epochs=8", "tune.scheduler=fifo", "retention
 
 
 def checkpoints_on_disk(study: Path) -> int:
+    """Checkpoint folders holding bytes (not tombstones) plus saves in flight (``tmp-*``)."""
     n = 0
     for t in study.glob("train_trial_*"):
         n += sum(1 for c in t.glob("checkpoint_*") if c.is_dir() and not is_tombstone(c))

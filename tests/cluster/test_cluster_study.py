@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.bench_concurrency import checkpoints_on_disk
 from tests.integration.study_tools import (
     check_optuna_db,
     end_group,
@@ -29,7 +30,7 @@ from tests.integration.study_tools import (
     trial_state,
     wait_for,
 )
-from tune_app.checkpoints.store import TMP_PREFIX, is_tombstone, verify_checkpoint
+from tune_app.checkpoints.store import is_tombstone, verify_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -52,17 +53,6 @@ def cluster() -> Iterator[Any]:
         yield c
     finally:
         c.shutdown()
-
-
-def checkpoints_on_disk(study: Path) -> int:
-    """Checkpoint folders holding bytes (not tombstones) plus saves in flight (``tmp-*``)."""
-    if not study.is_dir():
-        return 0
-    n = 0
-    for t in study.glob("train_trial_*"):
-        n += sum(1 for c in t.glob("checkpoint_*") if c.is_dir() and not is_tombstone(c))
-        n += sum(1 for c in t.glob(f"{TMP_PREFIX}*") if c.is_dir())
-    return n
 
 
 def test_two_trials_at_once_survive_a_lost_node_and_a_killed_driver(cluster: Any, tmp_path: Path) -> None:
