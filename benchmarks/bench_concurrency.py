@@ -4,7 +4,9 @@
 
 Starts a two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a head without
 CPUs, two worker nodes of one CPU each), then runs the same ``--trials``-trial study (FIFO, so
-both run every trial to its planned epochs; ``retention=minimal``) through it with
+both run every trial to its planned epochs; ``retention=minimal``; every trial drawn by the seeded
+random start-up sampler, ``tune.n_startup_trials=--trials``, so both modes train the same
+configs in the same order, which is checked) through it with
 ``tune.max_concurrent_trials=1`` and ``=2`` (one CPU per trial), as a whole
 ``python -m tune_app.run`` process each, repeated and interleaved (the order alternates each
 repeat) so machine noise hits both alike. While each runs, the study folder is polled for
@@ -16,6 +18,11 @@ count and peak, then min and median of
 
 and of the same ratio over the trial phase alone (the set-up, imports and the end, ~12 s here,
 are paid once by both and cannot shrink with N).
+
+The trial-phase ratio splits into two losses, printed below it: the trials' summed busy time
+(first report less its time to it, to last report) grows when two share 2 cores ("contention"),
+and the N = 2 slots sit idle while the last trial runs alone or a slot waits for its next trial
+("slot use" = summed busy time / (2 x trial phase)). Without either, the ratio would be 2.
 
 and the peak against retention's bound ``K_best + N x (resume point + own best + 1 in flight)``.
 """
@@ -52,9 +59,9 @@ def checkpoints_on_disk(study: Path) -> int:
 
 
 def one_study(address: str, concurrent: int, storage: Path, name: str, trials: int, overrides: list[str],
-              env: dict[str, str]) -> tuple[float, float, int, int]:
-    """Wall seconds, trial-phase seconds (:func:`trial_phase`), completed trials and peak
-    checkpoints of one study."""
+              env: dict[str, str]) -> tuple[float, tuple[float, float], int, int, list[str]]:
+    """Wall seconds, trial phase and summed busy seconds (:func:`trial_phase`), completed trials,
+    peak checkpoints and the trials' configs (sorted ``params.json`` texts) of one study."""
     study = storage / name
     peak = 0
     done = threading.Event()
@@ -83,18 +90,20 @@ def one_study(address: str, concurrent: int, storage: Path, name: str, trials: i
         sys.exit(f"study failed ({rc}):\n{''.join(lines)[-3000:]}")
     completed = sum(1 for t in study.glob("train_trial_*/trial_state.json")
                     if json.loads(t.read_text()).get("status") == "completed")
-    return wall, trial_phase(study), completed, max(peak, checkpoints_on_disk(study))
+    configs = sorted(t.read_text() for t in study.glob("train_trial_*/params.json"))
+    return wall, trial_phase(study), completed, max(peak, checkpoints_on_disk(study)), configs
 
 
-def trial_phase(study: Path) -> float:
+def trial_phase(study: Path) -> tuple[float, float]:
     """Seconds from the first trial's start (its first report less its time to it) to the last
-    trial's last report: what concurrency can shorten (set-up, imports and the end are paid once)."""
+    trial's last report: what concurrency can shorten (set-up, imports and the end are paid once);
+    and the trials' busy seconds, each trial's own start to last report, summed."""
     starts, ends = [], []
     for result in study.glob("train_trial_*/result.json"):
         rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
         starts.append(rows[0]["timestamp"] - rows[0]["time_total_s"])
         ends.append(rows[-1]["timestamp"])
-    return max(ends) - min(starts)
+    return max(ends) - min(starts), sum(e - s for s, e in zip(starts, ends, strict=True))
 
 
 def main() -> None:
@@ -103,7 +112,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    overrides = [*DEFAULTS, *args.overrides]
+    overrides = [*DEFAULTS, f"tune.n_startup_trials={args.trials}", *args.overrides]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "RAY_USAGE_STATS_ENABLED": "0"}
     from ray.cluster_utils import Cluster
@@ -111,6 +120,8 @@ def main() -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     walls: dict[int, list[float]] = {1: [], 2: []}
     phases: dict[int, list[float]] = {1: [], 2: []}
+    busy: dict[int, list[float]] = {1: [], 2: []}
+    configs: dict[int, list[str]] = {}
     peaks: dict[int, list[int]] = {1: [], 2: []}
     try:
         for _ in range(2):
@@ -125,15 +136,19 @@ def main() -> None:
             create_sqlite_store(f"sqlite:///{storage / 'mlflow.db'}")
             for rep in range(args.repeats):
                 for n in ((1, 2) if rep % 2 == 0 else (2, 1)):
-                    wall, phase, completed, peak = one_study(cluster.address, n, storage, f"n{n}_r{rep}",
-                                                             args.trials, overrides, env)
+                    wall, (phase, busy_s), completed, peak, configs[n] = one_study(
+                        cluster.address, n, storage, f"n{n}_r{rep}", args.trials, overrides, env)
                     if completed != args.trials:
                         sys.exit(f"N={n}: {completed} of {args.trials} trials completed")
                     walls[n].append(wall)
                     phases[n].append(phase)
+                    busy[n].append(busy_s)
                     peaks[n].append(peak)
                     print(f"repeat {rep + 1}: N={n} {wall:.1f} s (trial phase {phase:.1f} s), {completed} trials completed, "
                           f"peak {peak} checkpoints on disk", flush=True)
+                if configs[1] != configs[2]:
+                    sys.exit(f"repeat {rep + 1}: N=1 and N=2 trained different configs; the ratio would "
+                             "compare different work (pass tune.n_startup_trials >= --trials)")
     finally:
         cluster.shutdown()
     ratios = [s / c for s, c in zip(walls[1], walls[2], strict=True)]
@@ -146,6 +161,13 @@ def main() -> None:
     print(f"speed-up N=2 vs N=1    min {min(ratios):.2f}x  median {statistics.median(ratios):.2f}x (target >= 1.6x)")
     print(f"  trial phase          min {min(trials_only):.2f}x  median {statistics.median(trials_only):.2f}x "
           "(first trial's start to last report; set-up, imports and the end are paid once by both)")
+    contention = [c / s - 1 for s, c in zip(busy[1], busy[2], strict=True)]
+    slot_use = [b / (2 * p) for b, p in zip(busy[2], phases[2], strict=True)]
+    print(f"    contention         min {min(contention):+.0%}  median {statistics.median(contention):+.0%} "
+          "(the trials' summed busy time, N=2 vs N=1: two trials sharing 2 cores)")
+    print(f"    slot use           min {min(slot_use):.0%}  median {statistics.median(slot_use):.0%} "
+          "(N=2 busy time / (2 x trial phase): the tail where one trial runs alone, and the gaps "
+          "between a slot's trials)")
     print(f"peak checkpoints       N=1 max {max(peaks[1])} (bound {1 + 3}), N=2 max {max(peaks[2])} (bound {bound})")
 
 
