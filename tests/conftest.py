@@ -1,8 +1,10 @@
-"""Test-wide settings: offline hub, quiet Ray, single-threaded torch for tiny tensors."""
+"""Test-wide settings: offline hub, quiet Ray, single-threaded torch for tiny tensors, SIGINT
+not ignored."""
 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -13,6 +15,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# A suite started in the background by a shell without job control (`bash -c '... &'`, some CI
+# runners) ignores SIGINT, and every process it starts inherits that: the Ctrl-C tests would
+# wait out their failpoint and see exit 0. Give the suite, and so its children, the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True, scope="module")
