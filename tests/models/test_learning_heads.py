@@ -37,8 +37,11 @@ from tune_app.training.standalone import study_splits
 pytestmark = pytest.mark.slow
 
 #: Epochs of each criteria head x pooling job, per pooling (the [CLS] state of the random-init
-#: encoder starts uninformative and learns slowest).
-CRITERIA_EPOCHS: dict[str, int] = {"default": 6, "cls": 9}
+#: encoder starts uninformative and learns slowest). With 9 epochs for ``cls``,
+#: ``multi_sample_dropout x cls`` peaked at 0.313 (needs 0.325) on an AVX-512 machine, where float
+#: rounding takes another path; with 10 every ``cls`` head reached >= 0.338 there, and >= 0.35
+#: in docs/learning.md's 10-epoch runs.
+CRITERIA_EPOCHS: dict[str, int] = {"default": 6, "cls": 10}
 #: Margin over always-positive macro-F1 every criteria head x pooling must reach.
 CRITERIA_MARGIN = 0.08
 EVIDENCE_EPOCHS = 8
