@@ -148,6 +148,10 @@ class StoragePressureCallback(Callback):
     (``tune_app.storage_pressure_step``) and appended to ``<study>/storage_pressure.jsonl``
     (step, time, trial, free fraction); that record is read back at setup, so a
     restored study stays at the step it had reached.
+
+    With N trials at once a step is given the same chance as with one: the next step waits
+    until every trial that was running when the last one was taken has reported again (or
+    ended), so N trials reporting do not climb N times faster than one trial would.
     ``disk_usage`` is injectable (tests); it defaults to ``shutil.disk_usage``.
     """
 
@@ -166,6 +170,8 @@ class StoragePressureCallback(Callback):
         self.disk_usage = disk_usage
         self._monitor: Any = None
         self._tagged: set[str] = set()
+        #: trials running when the last step was taken that have not reported since
+        self._awaiting: set[str] = set()
 
     @classmethod
     def from_config(cls, cfg: AppConfig, retention: RetentionCallback) -> StoragePressureCallback:
@@ -180,6 +186,7 @@ class StoragePressureCallback(Callback):
         state = self.__dict__.copy()
         state["_monitor"] = None
         state["_tagged"] = set()
+        state["_awaiting"] = set()
         state["tracking_uri"] = sanitize(self.tracking_uri)  # tuner.pkl: no credentials
         return state
 
@@ -208,15 +215,25 @@ class StoragePressureCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.check(trial, trials)
 
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._awaiting.discard(trial.trial_id)  # an ended trial saves nothing more: not waited for
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._awaiting.discard(trial.trial_id)
+
     def check(self, trial: Any | None = None, trials: list | None = None) -> int:
         """Escalate one step if free space is critical now; returns the current step.
 
         Step 1 prunes ``trial``'s unprotected checkpoints and those of every other trial of
-        ``trials`` Tune runs now (N trials at once write to the same disk)."""
+        ``trials`` Tune runs now (N trials at once write to the same disk). The next step is
+        taken only once each trial running at the last step has reported since (``trials``
+        not given: ``trial`` alone), so the last step has had its effect on every trial."""
         if self._monitor is None:
             return self.retention.pressure_step
+        if trial is not None:
+            self._awaiting.discard(trial.trial_id)
         status = self._monitor.check_now()
-        if self._monitor.needs_pruning and self.retention.pressure_step < 3:
+        if self._monitor.needs_pruning and self.retention.pressure_step < 3 and not self._awaiting:
             # Send MLflow operations buffered on disk before freeing space, so the
             # buffer does not grow while the disk is short.
             from tune_app.tracking.buffer import flush_all
@@ -228,13 +245,13 @@ class StoragePressureCallback(Callback):
                            100 * status.free_fraction, step, STEP_ACTIONS[step])
             self._record(trial, step, status.free_fraction)
             self._tag(trial, step)
+            self._awaiting = {t.trial_id for t in _running(trial, trials)}
         elif self.retention.pressure_step and trial is not None and trial.trial_id not in self._tagged:
             self._tag(trial, self.retention.pressure_step)  # a later trial running under pressure
         if not self._monitor.needs_pruning:
             return self.retention.pressure_step
         if self.retention.pressure_step == 1:
-            running = [t for t in trials or [] if t is not trial and getattr(t, "status", None) == "RUNNING"]
-            for t in ([trial] if trial is not None else []) + running:
+            for t in _running(trial, trials):
                 self._prune_trial_unprotected(t)
         self.retention.apply()
         return self.retention.pressure_step
@@ -283,6 +300,12 @@ class StoragePressureCallback(Callback):
                     self._tagged.add(trial.trial_id)
         except Exception as exc:  # noqa: BLE001 - tracking must never stop training
             logger.warning("could not record the storage-pressure step in MLflow: %s", exc)
+
+
+def _running(trial: Any | None, trials: list | None) -> list[Any]:
+    """``trial`` (the one reporting or starting), then every other trial of ``trials`` Tune runs now."""
+    others = [t for t in trials or [] if t is not trial and getattr(t, "status", None) == "RUNNING"]
+    return ([trial] if trial is not None else []) + others
 
 
 def read_pressure_record(study_dir: Path) -> list[dict[str, Any]]:

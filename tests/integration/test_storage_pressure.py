@@ -155,6 +155,42 @@ def test_step_one_prunes_every_trial_running_at_once(tmp_path: Path) -> None:
     assert _live(p) == {"a0", "a2", "b2", "c0", "c1", "c2"}
 
 
+def test_with_trials_at_once_a_step_waits_for_every_running_trial_to_report(tmp_path: Path) -> None:
+    """N trials report N times as often as one: the next step waits until each trial running at
+    the last step has reported again (or ended), so the escalation climbs as fast as with one."""
+    study = tmp_path / "study"
+    a, b, c = study / "trial_a", study / "trial_b", study / "trial_c"
+    for d in (a, b, c):
+        _ckpt(d, 0, 0.3)
+    retention = RetentionCallback(study, metric=METRIC, policy=RetentionPolicy())
+    disk = FakeDisk()
+    pressure = StoragePressureCallback(study, retention, interval_s=3600, warn_free_fraction=0.10,
+                                       error_free_fraction=0.05, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                                       experiment_name="pressure", disk_usage=disk)
+    ta, tb, tc = _trial(a, "aaa", 0.3), _trial(b, "bbb", 0.3), _trial(c, "ccc", 0.3)
+    for t in (ta, tb, tc):
+        t.status = "RUNNING"
+    pressure.setup()
+    try:
+        disk.free_fraction = 0.08
+        assert pressure.on_trial_result(0, [ta, tb], ta, {}) is None and retention.pressure_step == 1
+        pressure.on_trial_result(0, [ta, tb], ta, {})  # a again: b has not saved since step 1
+        assert retention.pressure_step == 1
+        pressure.on_trial_result(0, [ta, tb], tb, {})  # each trial has reported since step 1
+        assert retention.pressure_step == 2
+        # b ends before reporting again: it is not waited for; c starts in its slot
+        tb.status = "TERMINATED"
+        pressure.on_trial_complete(0, [ta, tb, tc], tb)
+        pressure.on_trial_start(0, [ta, tb, tc], tc)
+        assert retention.pressure_step == 2, "a has not reported since step 2"
+        pressure.on_trial_result(0, [ta, tb, tc], ta, {})
+        assert retention.pressure_step == 3
+    finally:
+        pressure.on_experiment_end([])
+    assert [(e["step"], e["trial_id"]) for e in read_pressure_record(study)] == [(1, "aaa"), (2, "bbb"),
+                                                                              (3, "aaa")]
+
+
 def test_warning_band_is_critical_but_ok_is_not(tmp_path: Path) -> None:
     study = tmp_path / "study"
     study.mkdir()
