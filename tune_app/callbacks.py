@@ -24,7 +24,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
@@ -33,6 +33,9 @@ from tune_app.checkpoints.keeper import CheckpointKeeper
 from tune_app.checkpoints.retention import CheckpointRecord, RetentionPolicy, escalate
 from tune_app.checkpoints.store import checkpoint_index, dir_nbytes
 from tune_app.config import AppConfig
+
+if TYPE_CHECKING:
+    from tune_app.object_store import StudyMirror
 
 logger = logging.getLogger(__name__)
 
@@ -300,6 +303,53 @@ class StoragePressureCallback(Callback):
                     self._tagged.add(trial.trial_id)
         except Exception as exc:  # noqa: BLE001 - tracking must never stop training
             logger.warning("could not record the storage-pressure step in MLflow: %s", exc)
+
+
+class MirrorCallback(Callback):
+    """Keeps the bucket's copy of the study in step while it runs (the last callback: after
+    MLflow logged a result and retention pruned). A failed sync is logged and retried at the
+    next event; the local working copy holds everything meanwhile."""
+
+    def __init__(self, mirror: StudyMirror | None) -> None:
+        self.mirror = mirror
+        self._failing = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"mirror": None, "_failing": False}  # tuner.pkl: rebuilt on restore (make_callbacks)
+
+    def sync(self, *, force: bool = False) -> None:
+        """Bring the bucket's copy up to date (``force``: the logs too)."""
+        if self.mirror is None:
+            return
+        from tune_app.object_store import ObjectStoreError, first_line
+
+        try:
+            self.mirror.sync(force=force)
+        except (OSError, ObjectStoreError) as exc:
+            if not self._failing:
+                logger.warning("could not update the study's copy in %s (%s); the local copy %s has everything, "
+                               "and the next result tries again", self.mirror.remote_dir, first_line(exc),
+                               self.mirror.local_dir)
+            self._failing = True
+            return
+        if self._failing:
+            logger.warning("the study's copy in %s is up to date again", self.mirror.remote_dir)
+        self._failing = False
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.sync()
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        self.sync()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.sync()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.sync()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.sync(force=True)
 
 
 def _running(trial: Any | None, trials: list | None) -> list[Any]:

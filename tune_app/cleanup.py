@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from tune_app.checkpoints.failpoints import pause
 from tune_app.config import AppConfig, ConfigError, load_study_config
+from tune_app.object_store import mirrored_study
 from tune_app.study_lock import StudyLockedError, study_lock
 from tune_app.tracking.sanitize import sanitize
 
@@ -116,10 +117,11 @@ def _cleanup(args: argparse.Namespace) -> int:
                 return 0
         if args.execute:  # deleting needs the study to itself: a running study refuses
             for s in studies:
-                _check_config(s)  # a broken config fails before any lock file is made
+                cfg = _check_config(s)  # a broken config fails before any lock file is made
                 locks.enter_context(study_lock(s, command="python -m tune_app.cleanup --execute"))
+                locks.enter_context(mirrored_study(cfg))  # a bucket study: what went goes from the bucket too
         reports = [(s, scan(s, tmp_min_age_s=args.tmp_min_age)) for s in studies]
-    except (CleanupError, StudyLockedError) as exc:
+    except (CleanupError, StudyLockedError, ConfigError) as exc:
         locks.close()
         print(sanitize(f"error: {exc}"), file=sys.stderr)
         return 2

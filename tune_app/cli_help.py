@@ -30,6 +30,7 @@ _WIDTH = 100
 USAGE = """\
 usage: python -m tune_app.run [key=value ...]              start a study
        python -m tune_app.run resume=<study dir>           resume an interrupted study (no other overrides)
+       python -m tune_app.run resume=s3://<bucket>/<prefix>/<name>   the same, for a study in an object store
        python -m tune_app.run --cfg job [key=value ...]    print the composed config, run nothing
        python -m tune_app.run --help
 Add -v (--verbose) to a run to print everything (Tune's tables, Ray workers' output, INFO logs);

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -92,6 +92,9 @@ def _search_spaces() -> list[str]:
 
     return available_spaces()
 
+
+if TYPE_CHECKING:
+    from tune_app.object_store import StoreLocation
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the key and the allowed values."""
@@ -174,7 +177,10 @@ class TuneSection:
     max_epochs: int = at_least(4)
     metric: str = one_of("val_macro_f1", OPTIMISABLE_METRICS)
     mode: str = one_of(MODE, (MODE,))  # every optimisable metric is higher-is-better
-    storage_path: str = "experiments"
+    storage_path: str = "experiments"  # a folder, or an object store: s3://<bucket>/<prefix>, gs://...
+    # With an object-store storage_path: where this machine keeps the study's working copy
+    # (<local_copy_dir>/<scheme>/<bucket>/<prefix>/<name>); the bucket holds the durable copy.
+    local_copy_dir: str = "~/.cache/tune_app/studies"
     name: str = "redsm5_study"
     sampler_seed: int = 0
     n_startup_trials: int = at_least(2, 0)
@@ -243,7 +249,8 @@ class AugmentConfig:
 
 @dataclass
 class TrackingConfig:
-    """MLflow: empty ``tracking_uri`` means ``sqlite:///<storage_path>/mlflow.db``."""
+    """MLflow: empty ``tracking_uri`` means ``sqlite:///<storage_path>/mlflow.db`` (an object-store
+    study: ``<study working copy>/mlflow.db``, mirrored with the study)."""
 
     tracking_uri: str | None = None
     experiment_name: str | None = None
@@ -285,7 +292,22 @@ class AppConfig:
 
     # -- derived paths -------------------------------------------------------------
     @property
+    def object_store(self) -> StoreLocation | None:
+        """The bucket and prefix ``tune.storage_path`` names, or ``None`` for a folder."""
+        from tune_app.object_store import ObjectStoreError, parse_store_uri
+
+        try:
+            return parse_store_uri(self.tune.storage_path)
+        except ObjectStoreError as exc:
+            raise ConfigError(f"tune.storage_path: {exc}") from None
+
+    @property
     def storage_dir(self) -> Path:
+        """The local folder the study's folder is in (for an object store: the working copies' folder)."""
+        store = self.object_store
+        if store is not None:
+            return Path(self.tune.local_copy_dir).expanduser().resolve().joinpath(
+                store.scheme, store.bucket, *[p for p in store.prefix.split("/") if p])
         return Path(self.tune.storage_path).expanduser().resolve()
 
     @property
@@ -299,7 +321,9 @@ class AppConfig:
 
     @property
     def tracking_uri(self) -> str:
-        return self.tracking.tracking_uri or f"sqlite:///{self.storage_dir / 'mlflow.db'}"
+        # An object-store study keeps its MLflow store inside its own folder: the bucket's copy is whole.
+        store_dir = self.study_dir if self.tune.storage_path and self.object_store is not None else self.storage_dir
+        return self.tracking.tracking_uri or f"sqlite:///{store_dir / 'mlflow.db'}"
 
     @property
     def experiment_name(self) -> str:
@@ -762,12 +786,16 @@ def validate(cfg: AppConfig) -> None:
     if not cfg.tune.storage_path.strip():
         raise ConfigError("tune.storage_path='' is empty: the study would be written into the current folder; "
                           "set a folder, e.g. tune.storage_path=experiments (the default)")
-    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", cfg.tune.storage_path.strip())
-    if scheme:
-        raise ConfigError(f"tune.storage_path={cfg.tune.storage_path!r}: an object store ({scheme.group(1)}://) is "
-                          "not supported yet: the study writes checkpoints, its lock and its journal straight to "
-                          "a folder. Mount the bucket or share (NFS, s3fs/mountpoint-s3, gcsfuse) at the same "
-                          "path on every node and pass that path, e.g. tune.storage_path=/mnt/studies")
+    if cfg.object_store is not None:
+        if cfg.tune.address is not None:
+            raise ConfigError(f"tune.storage_path={cfg.tune.storage_path!r} with tune.address={cfg.tune.address!r}: "
+                              "an object-store study runs its trials on this machine (its working copy is here), "
+                              "so it cannot use a cluster's other nodes. On a cluster, mount the bucket or a "
+                              "share (NFS, mountpoint-s3, gcsfuse) at the same path on every node and pass that "
+                              "path, e.g. tune.storage_path=/mnt/studies; or drop tune.address")
+        if not str(cfg.tune.local_copy_dir).strip():
+            raise ConfigError("tune.local_copy_dir='' is empty: set the folder this machine keeps the study's "
+                              "working copy in, e.g. tune.local_copy_dir=~/.cache/tune_app/studies (the default)")
     if not cfg.tune.name or "/" in cfg.tune.name or cfg.tune.name in {".", ".."}:
         raise ConfigError(f"tune.name={cfg.tune.name!r} is invalid: a folder name without '/'")
     _check_no_secret_in_folder(cfg)
@@ -907,9 +935,6 @@ def load_study_config(study_dir: Path) -> AppConfig:
     A missing, empty or corrupt file is a ``ConfigError`` naming the file and how to recover,
     never a study silently resumed with the defaults.
     """
-    import yaml
-    from omegaconf.errors import OmegaConfBaseException
-
     path = study_dir / "study_config.yaml"
     if not study_dir.is_dir():
         raise ConfigError(f"resume={study_dir}: no such folder. Pass the folder <tune.storage_path>/<tune.name> "
@@ -919,6 +944,34 @@ def load_study_config(study_dir: Path) -> AppConfig:
             f"resume={study_dir} is not a tune_app study: {path.name} is missing. "
             "Pass the folder <tune.storage_path>/<tune.name> that `python -m tune_app.run` printed."
         )
+    cfg = parse_study_config(path)
+    # The study is where it was found (it may have been moved, or named by a relative path).
+    where = study_dir.expanduser().resolve()
+    if cfg.object_store is not None:
+        _place_working_copy(cfg, where)
+    else:
+        cfg.tune.storage_path, cfg.tune.name = str(where.parent), where.name
+    return cfg
+
+
+def _place_working_copy(cfg: AppConfig, where: Path) -> None:
+    """An object-store study resumed from its working copy: the bucket stays its storage path,
+    and ``tune.local_copy_dir`` is the folder the copy is in."""
+    store = cfg.object_store
+    assert store is not None
+    tail = (store.scheme, store.bucket, *[p for p in store.prefix.split("/") if p], cfg.tune.name)
+    if where.parts[-len(tail):] != tail:
+        raise ConfigError(f"resume={where}: this is a working copy of the study {store.child(cfg.tune.name).uri}, "
+                          f"but not in a folder <tune.local_copy_dir>/{'/'.join(tail)}: move it back there, or "
+                          f"resume from the bucket with resume={store.child(cfg.tune.name).uri}")
+    cfg.tune.local_copy_dir = str(Path(*where.parts[:-len(tail)]))
+
+
+def parse_study_config(path: Path) -> AppConfig:
+    """The configuration saved in ``path`` (a ``study_config.yaml``), as it was saved."""
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
     recover = (f"Restore {path.name} from a backup, or copy one of its trial folders' trial_config.yaml "
                "(the same configuration with that trial's sampled values) over it")
     try:
@@ -935,10 +988,6 @@ def load_study_config(study_dir: Path) -> AppConfig:
         raise ConfigError(f"{path} is corrupt: it must hold a mapping of keys to values, got a "
                           f"{type(data).__name__}. {recover}.")
     try:
-        cfg = from_dict({str(k): v for k, v in data.items()})
+        return from_dict({str(k): v for k, v in data.items()})
     except ConfigError as exc:
         raise ConfigError(f"{path} is corrupt: {exc}. {recover}.") from None
-    # The study is where it was found (it may have been moved, or named by a relative path).
-    where = study_dir.expanduser().resolve()
-    cfg.tune.storage_path, cfg.tune.name = str(where.parent), where.name
-    return cfg

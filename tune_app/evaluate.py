@@ -64,13 +64,14 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from tune_app.config import load_study_config
     from tune_app.evaluation.predict import EvaluationError
+    from tune_app.object_store import mirrored_study
     from tune_app.study_lock import study_lock
 
     study = args.study.expanduser().resolve()
     if not (study / "study_config.yaml").is_file():
         raise EvaluationError(f"{study} is not a tune_app study folder (no study_config.yaml)")
-    load_study_config(study)  # a broken config fails here, before the lock file is made
-    with study_lock(study):  # never beside a run of the same study
+    cfg = load_study_config(study)  # a broken config fails here, before the lock file is made
+    with study_lock(study), mirrored_study(cfg):  # never beside a run of the same study; bucket studies: uploaded
         return _evaluate_study(args, study)
 
 

@@ -80,9 +80,17 @@ def _run(args: list[str]) -> int:
         compose,
         load_study_config,
     )
+    from tune_app.object_store import mirrored_study
     from tune_app.study_lock import study_lock
 
     target, overrides = _resume_target(args)
+    if target is not None and _is_store_uri(target):
+        from tune_app.object_store import fetch_study
+
+        check_resume_overrides(overrides)
+        cfg = apply_resume_overrides(fetch_study(target), overrides)
+        with study_lock(cfg.study_dir), mirrored_study(cfg, say=_say):
+            return _resume(cfg)
     if target is not None:
         check_resume_overrides(overrides)
         study_dir = Path(target).expanduser().resolve()
@@ -91,7 +99,7 @@ def _run(args: list[str]) -> int:
                               "<tune.storage_path>/<tune.name> that `python -m tune_app.run` printed")
         cfg = load_study_config(study_dir)  # a folder that is no study gets no lock file either
         cfg = apply_resume_overrides(cfg, overrides)
-        with study_lock(study_dir):  # the config names study_dir, wherever the study was started
+        with study_lock(study_dir), mirrored_study(cfg, say=_say):  # the config names study_dir, wherever it was started
             return _resume(cfg)
 
     cfg = compose(overrides)
@@ -109,14 +117,25 @@ def _run(args: list[str]) -> int:
 
     refuse_existing()
     check_resources(cfg)  # a request Ray cannot meet fails here, before the study folder exists
-    with study_lock(cfg.study_dir):
+    with study_lock(cfg.study_dir), mirrored_study(cfg, say=_say):
         refuse_existing()  # another command may have created it meanwhile
         return _start(cfg)
+
+
+def _is_store_uri(target: str) -> bool:
+    from tune_app.config import ConfigError
+    from tune_app.object_store import ObjectStoreError, parse_store_uri
+
+    try:
+        return parse_store_uri(target) is not None
+    except ObjectStoreError as exc:
+        raise ConfigError(f"resume={target}: {exc}") from None
 
 
 def _start(cfg: object) -> int:
     """Prepare the study folder and run the study (the caller holds the study lock)."""
     from tune_app.config import AppConfig
+    from tune_app.object_store import study_mirror
     from tune_app.study import prepare_study
     from tune_app.tracking.uri import create_sqlite_store
     from tune_app.tuner import discard_unstarted_tune_files, run_study
@@ -124,6 +143,9 @@ def _start(cfg: object) -> int:
     assert isinstance(cfg, AppConfig)
     meta = prepare_study(cfg)
     create_sqlite_store(cfg.tracking_uri)  # a kill while MLflow makes its tables leaves no half-made store
+    mirror = study_mirror(cfg)
+    if mirror is not None:
+        mirror.sync(force=True)  # the bucket has the study from here on: resume=<uri> works on any machine
     discard_unstarted_tune_files(cfg.study_dir)
     _study_logging(cfg)
     sizes = ", ".join(f"{k} {v}" for k, v in meta["split_sizes"].items())

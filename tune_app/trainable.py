@@ -511,6 +511,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
     )
     from tune_app.data.redsm5 import load_splits
     from tune_app.evaluation.report import write_trial_report
+    from tune_app.object_store import mirrors_to_a_store
     from tune_app.tracking.progress import log_epoch_progress
     from tune_app.training.loop import select_device
     from tune_app.worker_cache import fresh_encoder
@@ -584,6 +585,12 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
                      "(metrics already logged are not logged again)", ctx.get_trial_id(), trial_dir)
 
     staging = Path(tempfile.mkdtemp(prefix="tune_app-empty-"))  # reported: Tune copies nothing
+    uploads = mirrors_to_a_store(storage)
+
+    def registered() -> Any:
+        """What a report registers: the folder itself when Tune uploads it to an object store
+        (its copy onto itself streams the files to the bucket), else an empty one."""
+        return tune.Checkpoint.from_directory(str(next_checkpoint_dir(storage) if uploads else staging))
     starts = _previous_starts(trial_dir) + [{
         "start_epoch": start_epoch, "resumed_from": resume_from.name if resume_from else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid(), "torch_threads": threads,
@@ -594,8 +601,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
                                                 "epoch": start_epoch - 1, "seed": seed,
                                                 "history": state.history, "starts": starts})
     for missed in plan.catch_up:  # before anything else reaches Tune, in epoch order
-        tune.report(missed.metrics, checkpoint=tune.Checkpoint.from_directory(str(staging))
-                    if missed.registers else None)
+        tune.report(missed.metrics, checkpoint=registered() if missed.registers else None)
     projected = estimate_checkpoint_bytes(model, optimizer)
     # Not enough room even after keeping only the study's single best: stop before training.
     reclaim = study_reclaimer(study_dir, metric=cfg.tune.metric)
@@ -645,7 +651,7 @@ def _train(cfg: AppConfig, params: dict[str, Any], ctx: Any, storage: Any, trial
                 write_state(status)
                 write_trial_report(trial_dir, trial_id=ctx.get_trial_id(), metric=cfg.tune.metric, params=params)
                 failpoints.pause("report")  # crash tests: the checkpoint is on disk, Tune has not seen it
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(staging)))
+                tune.report(metrics, checkpoint=registered())
 
             # The last epoch's checkpoint is never resumed from (a trial that trained all its epochs
             # is never trained again: outcome.completed_final_result), so it holds weights only

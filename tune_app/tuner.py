@@ -26,6 +26,7 @@ from typing import Any
 from tune_app import outcome
 from tune_app.atomic_fs import atomic_storage_filesystem
 from tune_app.config import MODE, AppConfig
+from tune_app.object_store import storage_filesystem_for
 
 logger = logging.getLogger(__name__)
 
@@ -201,8 +202,11 @@ def make_callbacks(cfg: AppConfig) -> list[Any]:
                       "seed": cfg.seed, "seed_policy": cfg.train.seed_policy, "model": cfg.model.name,
                       "dataset": cfg.data.name},
     )
+    from tune_app.callbacks import MirrorCallback
+    from tune_app.object_store import study_mirror
     from tune_app.state_sync import TrimEndedTrialState
 
+    mirror = study_mirror(cfg)
     return [
         StudyTrialFilesCallback(),
         TrimEndedTrialState(cfg.tune.metric),
@@ -211,6 +215,8 @@ def make_callbacks(cfg: AppConfig) -> list[Any]:
         mlflow_cb,
         ProgressCallback(num_samples=cfg.tune.num_samples, metric=cfg.tune.metric,
                          study_dir=cfg.study_dir, mlflow_callback=mlflow_cb, max_epochs=cfg.tune.max_epochs),
+        # last: the bucket gets what every callback above wrote for this event
+        *([MirrorCallback(mirror)] if mirror is not None else []),
     ]
 
 
@@ -371,7 +377,7 @@ def build_tuner(cfg: AppConfig) -> Any:
             name=cfg.tune.name,
             storage_path=str(cfg.storage_dir),
             # Tune's state files are rewritten at every sync: atomically, so a kill never tears one.
-            storage_filesystem=atomic_storage_filesystem(),
+            storage_filesystem=storage_filesystem_for(cfg),
             callbacks=make_callbacks(cfg),
             # Tune's bookkeeping keeps each trial's best and latest checkpoint entry
             # (num_to_keep=1), so its state stays small (the sync Tune would force after
@@ -401,7 +407,7 @@ def restore_tuner(cfg: AppConfig) -> Any:
         trainable=make_trainable(cfg),
         resume_unfinished=True,
         resume_errored=True,
-        storage_filesystem=atomic_storage_filesystem(),
+        storage_filesystem=storage_filesystem_for(cfg),
     )
     # tuner.pkl holds the callbacks of the folder's first location (MLflow store, study
     # paths): a moved study gets them rebuilt for where it is now.

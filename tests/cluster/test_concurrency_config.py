@@ -136,11 +136,21 @@ def test_an_unreachable_cluster_fails_at_once_naming_the_address(tmp_path: Path)
     assert not (tmp_path / "redsm5_study").exists()
 
 
-@pytest.mark.parametrize("uri", ["s3://bucket/studies", "gs://bucket/x", "hdfs://nn:8020/studies"])
-def test_an_object_store_uri_names_the_mount_it_needs(uri: str) -> None:
-    """Not a folder named 's3:' in the current directory: a clear refusal that says what works."""
-    with pytest.raises(ConfigError, match=r"tune.storage_path=.*an object store .* is not supported yet.*Mount"):
+@pytest.mark.parametrize("uri", ["hdfs://nn:8020/studies", "ftp://host/x"])
+def test_a_uri_that_is_no_object_store_says_what_works(uri: str) -> None:
+    """Not a folder named 'hdfs:' in the current directory: a clear refusal that says what works."""
+    with pytest.raises(ConfigError, match=r"tune.storage_path.* is not an object store .*s3://<bucket>.*mounts"):
         validate(compose([f"tune.storage_path='{uri}'"]))
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/studies", "gs://bucket/x"])
+def test_an_object_store_study_runs_on_this_machine_not_on_a_cluster(uri: str, tmp_path: Path) -> None:
+    cfg = compose([f"tune.storage_path='{uri}'", f"tune.local_copy_dir={tmp_path}"])
+    validate(cfg)
+    assert cfg.study_dir == tmp_path / uri.split("://")[0] / "bucket" / uri.split("/", 3)[3] / "redsm5_study"
+    assert cfg.tracking_uri == f"sqlite:///{cfg.study_dir / 'mlflow.db'}", "the MLflow store travels with the study"
+    with pytest.raises(ConfigError, match=r"with tune.address='auto'.*runs its trials on this machine.*mount"):
+        validate(compose([f"tune.storage_path='{uri}'", "tune.address=auto"]))
 
 
 def test_validate_env_checks_the_studys_cluster() -> None:

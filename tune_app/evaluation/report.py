@@ -185,9 +185,7 @@ def read_study_config(study_dir: Path) -> AppConfig:
     """The study's config, with its paths pointed at where the study folder is now."""
     from tune_app.config import load_study_config
 
-    cfg = load_study_config(study_dir)
-    cfg.tune.storage_path, cfg.tune.name = str(study_dir.parent), study_dir.name
-    return cfg
+    return load_study_config(study_dir)  # placed where the folder is (an object-store study keeps its bucket)
 
 
 def read_trial_config(trial_dir: Path, study_cfg: AppConfig) -> AppConfig:
