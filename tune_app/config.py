@@ -20,6 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from tune_app.models import catalog
 
+if TYPE_CHECKING:
+    from tune_app.object_store import StoreLocation
+
 #: The repository's Hydra config tree (``configs/`` beside the package).
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -92,9 +95,6 @@ def _search_spaces() -> list[str]:
 
     return available_spaces()
 
-
-if TYPE_CHECKING:
-    from tune_app.object_store import StoreLocation
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the key and the allowed values."""
@@ -322,7 +322,7 @@ class AppConfig:
     @property
     def tracking_uri(self) -> str:
         # An object-store study keeps its MLflow store inside its own folder: the bucket's copy is whole.
-        store_dir = self.study_dir if self.tune.storage_path and self.object_store is not None else self.storage_dir
+        store_dir = self.study_dir if self.object_store is not None else self.storage_dir
         return self.tracking.tracking_uri or f"sqlite:///{store_dir / 'mlflow.db'}"
 
     @property
