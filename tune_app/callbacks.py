@@ -307,8 +307,9 @@ class StoragePressureCallback(Callback):
 
 class MirrorCallback(Callback):
     """Keeps the bucket's copy of the study in step while it runs (the last callback: after
-    MLflow logged a result and retention pruned). A failed sync is logged and retried at the
-    next event; the local working copy holds everything meanwhile."""
+    MLflow logged a result and retention pruned). Tune processes an epoch's result (MLflow logs
+    it) before its checkpoint (retention prunes), so both events sync. A failed sync is logged
+    and retried at the next event; the local working copy holds everything meanwhile."""
 
     def __init__(self, mirror: StudyMirror | None) -> None:
         self.mirror = mirror

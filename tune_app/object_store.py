@@ -39,7 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tune_app.atomic_fs import TMP_MARK, AtomicLocalFileSystem, _AtomicWriter, _ResolvingHandler
+from tune_app.atomic_fs import (
+    _CHECKPOINT_DIR,
+    TMP_MARK,
+    AtomicLocalFileSystem,
+    _AtomicWriter,
+    _ResolvingHandler,
+)
 
 if TYPE_CHECKING:
     from tune_app.config import AppConfig
@@ -56,7 +62,6 @@ _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
 _NEVER_UPLOADED = re.compile(r"(^|/)(\.study\.lock|\.mirror_state\.json|[^/]*\.(db|sqlite)-(wal|shm|journal))$|"
                              + re.escape(TMP_MARK)
                              + r"|(^|/)tmp-[^/]*(/|$)")
-_CHECKPOINT_DIR = re.compile(r"(^|/)checkpoint_\d+$")
 _SQLITE_SUFFIXES = (".db", ".sqlite")
 BACKOFF_SECONDS = (1.0, 2.0, 4.0)
 STUDY_CONFIG = "study_config.yaml"
@@ -116,7 +121,7 @@ def _retry(action: Callable[[], Any], what: str, backoff: Iterable[float]) -> An
     for attempt in range(len(waits) + 1):
         try:
             return action()
-        except (OSError, ConnectionError) as exc:
+        except OSError as exc:
             if attempt == len(waits) or not _transient(exc):
                 raise
             logger.warning("%s: %s; retry %d/%d in %.0f s", what, first_line(exc), attempt + 1, len(waits),
@@ -150,7 +155,7 @@ def open_store(location: StoreLocation, *, backoff: Iterable[float] = BACKOFF_SE
     try:
         filesystem = _retry(lambda: _filesystem(location, endpoint), f"opening {location.uri}", waits)
         info = _retry(lambda: filesystem.get_file_info(location.bucket), f"reaching {location.uri}", waits)
-    except (OSError, ConnectionError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise ObjectStoreError(
             f"{location.uri}: the object store{where} could not be reached: {first_line(exc)}. Check the "
             f"address and the network, and the credentials it needs: {SUPPORTED_SCHEMES[location.scheme]}"
@@ -165,7 +170,7 @@ def remote_study_exists(remote: Any, study: StoreLocation) -> bool:
     """Whether the bucket holds a study at ``study`` (its ``study_config.yaml``)."""
     from pyarrow import fs as pafs
 
-    return bool(remote.get_file_info(f"{study.path}/{STUDY_CONFIG}").type == pafs.FileType.File)
+    return remote.get_file_info(f"{study.path}/{STUDY_CONFIG}").type == pafs.FileType.File
 
 
 def _filesystem(location: StoreLocation, endpoint: str | None) -> Any:
@@ -262,8 +267,10 @@ class MirroredLocalFileSystem(AtomicLocalFileSystem):
         path = self._strip_protocol(path)
         target = self.remote_path(path)
         folder = os.path.dirname(path)
-        if (target is not None and os.path.isfile(path) and _CHECKPOINT_DIR.search(folder)
-                and os.path.isfile(os.path.join(folder, "manifest.json"))):
+        from tune_app.checkpoints.store import MANIFEST_FILE
+
+        if (target is not None and os.path.isfile(path) and _is_checkpoint_dir(folder)
+                and os.path.isfile(os.path.join(folder, MANIFEST_FILE))):
             return _UploadOnly(self.remote.open_output_stream(target))
         self.makedirs(self._parent(path), exist_ok=True)
         return _MirroredWriter(path, self.upload)
@@ -274,7 +281,7 @@ class MirroredLocalFileSystem(AtomicLocalFileSystem):
         for p in paths:
             local = self._strip_protocol(p)
             target = self.remote_path(local)
-            if target is None or _CHECKPOINT_DIR.search(local.rstrip("/")) or os.path.exists(local):
+            if target is None or _is_checkpoint_dir(local) or os.path.exists(local):
                 continue  # retention owns checkpoint folders; a kept path stays mirrored
             _delete_remote(self.remote, target)
 
@@ -408,12 +415,12 @@ class StudyMirror:
         for root, dirs, names in os.walk(self.local_dir):
             rel_root = os.path.relpath(root, self.local_dir)
             rel_root = "" if rel_root == "." else rel_root.replace(os.sep, "/") + "/"
-            for d in [d for d in dirs if _CHECKPOINT_DIR.search(d)]:
+            for d in [d for d in dirs if _is_checkpoint_dir(d)]:
                 if os.path.exists(os.path.join(root, d, PRUNED_FILE)):
                     dead.add(rel_root + d)
                 else:
                     live[rel_root + d] = _stamp(Path(root, d, MANIFEST_FILE))
-            dirs[:] = [d for d in dirs if not _CHECKPOINT_DIR.search(d)]
+            dirs[:] = [d for d in dirs if not _is_checkpoint_dir(d)]
             for name in names:
                 rel = rel_root + name
                 if not _NEVER_UPLOADED.search(rel):
@@ -431,13 +438,9 @@ class StudyMirror:
         for rel, path in sorted(files.items()):
             if rel.startswith("logs/") and not logs_due and rel in self._seen:
                 continue  # sent before: again at the next interval
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue  # replaced or deleted since the walk: the next sync has it
-            stamp = (st.st_size, st.st_mtime_ns)
-            if self._seen.get(rel) == stamp:
-                continue
+            stamp = _stamp(path)
+            if stamp is None or self._seen.get(rel) == stamp:
+                continue  # unchanged, or deleted since the walk (the next sync has it)
             put_file(self.remote, path, f"{self.remote_dir}/{rel}")
             self._seen[rel] = stamp
             self._remote_files.add(rel)
@@ -474,32 +477,30 @@ class StudyMirror:
         return uploaded
 
     def _tombstone(self, folder: str) -> None:
-        """The bucket's copy of ``folder`` becomes a tombstone: the marker first, then the files."""
-        from pyarrow import fs as pafs
-
+        """The bucket's copy of ``folder`` becomes a tombstone (its ``PRUNED`` marker alone)."""
         from tune_app.checkpoints.store import PRUNED_FILE
 
-        remote = f"{self.remote_dir}/{folder}"
-        put_file(self.remote, self.local_dir / folder / PRUNED_FILE, f"{remote}/{PRUNED_FILE}")
-        for info in self.remote.get_file_info(pafs.FileSelector(remote, allow_not_found=True)):
-            if info.type == pafs.FileType.File and info.base_name != PRUNED_FILE:
-                self.remote.delete_file(info.path)
+        self._replace_folder(folder, [PRUNED_FILE])
 
     def _upload_folder(self, folder: str) -> None:
-        """Replace the bucket's copy of a checkpoint folder rewritten locally (its manifest last:
-        until then the old manifest names files that changed, so a load fails verification)."""
+        """Replace the bucket's copy of a checkpoint folder rewritten locally."""
+        local = self.local_dir / folder
+        self._replace_folder(folder, [p.name for p in local.iterdir() if p.is_file() and TMP_MARK not in p.name])
+
+    def _replace_folder(self, folder: str, names: list[str]) -> None:
+        """The bucket's ``folder`` holds exactly the local ``names``: they are uploaded first (the
+        manifest last), then the others go. At any moment in between the folder exists (Tune's
+        saved state may name it), and it either verifies or fails verification on load."""
         from pyarrow import fs as pafs
 
         from tune_app.checkpoints.store import MANIFEST_FILE
 
-        local = self.local_dir / folder
         remote = f"{self.remote_dir}/{folder}"
-        names = sorted(p.name for p in local.iterdir() if p.is_file() and TMP_MARK not in p.name)
+        for name in sorted(names, key=lambda n: n == MANIFEST_FILE):
+            put_file(self.remote, self.local_dir / folder / name, f"{remote}/{name}")
         for info in self.remote.get_file_info(pafs.FileSelector(remote, allow_not_found=True)):
             if info.type == pafs.FileType.File and info.base_name not in names:
                 self.remote.delete_file(info.path)
-        for name in sorted(names, key=lambda n: n == MANIFEST_FILE):
-            put_file(self.remote, local / name, f"{remote}/{name}")
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -532,11 +533,16 @@ def write_mirror_state(local_dir: Path, state: dict[str, dict[str, tuple[int, in
                       {section: {k: list(v) for k, v in sorted(stamps.items())} for section, stamps in state.items()})
 
 
+def _is_checkpoint_dir(path: str) -> bool:
+    """Whether ``path`` (a name, or a path ending in one) names a ``checkpoint_<n>`` folder."""
+    return bool(_CHECKPOINT_DIR.match(os.path.basename(path.rstrip("/"))))
+
+
 def _checkpoint_folder(rel: str) -> str | None:
     """``trial/checkpoint_k`` for a file inside a checkpoint folder, else ``None``."""
     parts = rel.split("/")
     for i, part in enumerate(parts[:-1]):
-        if _CHECKPOINT_DIR.search(part):
+        if _is_checkpoint_dir(part):
             return "/".join(parts[: i + 1])
     return None
 
