@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -25,6 +24,7 @@ import pytest
 from tests.integration.study_tools import (
     REPO,
     end_group,
+    free_port,
     mlflow_artifacts,
     mlflow_runs,
     start_run,
@@ -37,12 +37,6 @@ from tests.integration.study_tools import (
 
 NAME = "outage"
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def healthy(port: int) -> bool:

@@ -3,7 +3,6 @@ on a free loopback port (no mock: every request goes over HTTP, through pyarrow'
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.study_tools import free_port
+
 BUCKET = "studies-bucket"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def s3_env(endpoint: str) -> dict[str, str]:

@@ -13,7 +13,8 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from tests.object_store.conftest import BUCKET, free_port
+from tests.integration.study_tools import free_port
+from tests.object_store.conftest import BUCKET
 from tune_app.checkpoints.store import (
     MANIFEST_FILE,
     OPTIMIZER_FILE,
