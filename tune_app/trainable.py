@@ -437,9 +437,11 @@ def train_trial(params: dict[str, Any], app_config: dict[str, Any]) -> None:
     so the driver still recognises our errors; ``from None``: the original chain stays here),
     which is what Tune writes to ``error.txt``/``error.pkl``.
     """
+    from tune_app.tracking.jsonlog import quiet_exit_requests
     from tune_app.tracking.sanitize import install_std_streams, sanitized_exception
 
     install_std_streams()
+    quiet_exit_requests()
     exit_with_ray_node()
     try:
         _run_trial(params, app_config)

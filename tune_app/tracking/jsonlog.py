@@ -18,6 +18,7 @@ Both handlers carry ``SanitizingFilter``: secrets never reach a file or the cons
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import datetime as dt
 import json
@@ -60,6 +61,33 @@ def quiet_library_console(name: str) -> None:
     for handler in logging.getLogger(name).handlers:
         if not any(isinstance(f, QuietConsoleFilter) for f in handler.filters):
             handler.addFilter(QuietConsoleFilter())
+
+
+def quiet_exit_requests() -> None:
+    """Keep a worker's "Exception ignored" report of an exit request off the quiet console.
+
+    Ray stops an idle or finished worker with SIGTERM, and its handler raises ``SystemExit``
+    in whatever Python code runs at that moment. When that is a garbage-collector callback
+    (a ``WeakSet``'s ``_remove``, as a trial's thread is collected), Python cannot raise it and
+    prints a traceback to stderr, which reaches the driver's console. Such a
+    ``SystemExit``/``KeyboardInterrupt`` is a request to end, not an error: it goes to the
+    process's log (DEBUG). Any other unraisable exception still gets Python's report.
+    Idempotent; a no-op under ``-v``.
+    """
+    if verbose() or getattr(sys.unraisablehook, "_tune_app_quiet", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, (SystemExit, KeyboardInterrupt)):
+            with contextlib.suppress(Exception):  # logging may already be shut down
+                logging.getLogger(__name__).debug("exit request raised in %r; the process ends",
+                                                  unraisable.object, extra={"console": False})
+            return
+        previous(unraisable)
+
+    hook._tune_app_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 class ContextFilter(logging.Filter):
