@@ -105,6 +105,18 @@ def test_a_study_in_a_bucket_completes_and_resumes_on_a_machine_without_its_copy
                                env=study_env(), capture_output=True, text=True, timeout=300)
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
     assert fs.get_file_info(f"{root}/evaluation_report.json").type == pafs.FileType.File
+    # cleanup --execute deletes from the bucket too: a checkpoint corrupted on this disk is
+    # tombstoned here, and the bucket's copy of it becomes the same tombstone
+    damaged = sorted(_live_checkpoints(study))[0]
+    payload = study / damaged / "model.safetensors"
+    payload.write_bytes(bytes(b ^ 0xFF for b in payload.read_bytes()))
+    assert _checkpoint_folders(fs, root)[damaged] is False
+    cleaned = subprocess.run([sys.executable, "-m", "tune_app.cleanup", "--study", str(study), "--execute"],
+                             cwd=REPO, env=study_env(), capture_output=True, text=True, timeout=300)
+    assert cleaned.returncode == 0 and "corrupt" in cleaned.stdout, cleaned.stdout + cleaned.stderr
+    assert damaged not in _live_checkpoints(study)
+    assert _checkpoint_folders(fs, root)[damaged] is True
+    _check_bucket_copy(tmp_path, fs, root, study)
 
     # The machine is gone: another one (no working copy) resumes the study from the bucket.
     shutil.move(study, tmp_path / "lost-machine")
