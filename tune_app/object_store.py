@@ -46,6 +46,7 @@ from tune_app.atomic_fs import (
     _AtomicWriter,
     _ResolvingHandler,
 )
+from tune_app.study import STUDY_CONFIG
 
 if TYPE_CHECKING:
     from tune_app.config import AppConfig
@@ -64,7 +65,6 @@ _NEVER_UPLOADED = re.compile(r"(^|/)(\.study\.lock|\.mirror_state\.json|[^/]*\.(
                              + r"|(^|/)tmp-[^/]*(/|$)")
 _SQLITE_SUFFIXES = (".db", ".sqlite")
 BACKOFF_SECONDS = (1.0, 2.0, 4.0)
-STUDY_CONFIG = "study_config.yaml"
 #: In the working copy (never uploaded): what the mirror uploaded, as (size, mtime) per file.
 MIRROR_STATE = ".mirror_state.json"
 
@@ -553,6 +553,8 @@ def download_study(remote: Any, remote_dir: str, local_dir: Path) -> int:
     end: an interrupted download leaves no half study behind."""
     from pyarrow import fs as pafs
 
+    from tune_app.checkpoints.store import MANIFEST_FILE
+
     if local_dir.exists():
         raise FileExistsError(f"{local_dir} exists: a download would mix two copies of the study")
     infos = [i for i in remote.get_file_info(pafs.FileSelector(remote_dir, recursive=True, allow_not_found=True))
@@ -564,6 +566,9 @@ def download_study(remote: Any, remote_dir: str, local_dir: Path) -> int:
     for leftover in local_dir.parent.glob(f".{local_dir.name}{TMP_MARK}*"):  # an interrupted download
         shutil.rmtree(leftover, ignore_errors=True)
     staging = local_dir.parent / f".{local_dir.name}{TMP_MARK}{uuid.uuid4().hex}"
+    # what was downloaded is what the bucket holds: nothing to upload again
+    stamps: dict[str, tuple[int, int]] = {}
+    manifests: dict[str, tuple[int, int]] = {}
     try:
         for info in infos:
             rel = info.path[len(remote_dir.rstrip("/")) + 1:]
@@ -571,15 +576,7 @@ def download_study(remote: Any, remote_dir: str, local_dir: Path) -> int:
             dest.parent.mkdir(parents=True, exist_ok=True)
             with remote.open_input_stream(info.path) as src, dest.open("wb") as dst:
                 shutil.copyfileobj(src, dst, length=8 << 20)
-        # what was downloaded is what the bucket holds: nothing to upload again
-        from tune_app.checkpoints.store import MANIFEST_FILE
-
-        stamps: dict[str, tuple[int, int]] = {}
-        manifests: dict[str, tuple[int, int]] = {}
-        for info in infos:
-            rel = info.path[len(remote_dir.rstrip("/")) + 1:]
-            folder = _checkpoint_folder(rel)
-            stamp = _stamp(staging / rel)
+            stamp, folder = _stamp(dest), _checkpoint_folder(rel)
             if stamp is None:
                 continue
             if folder is None and not _NEVER_UPLOADED.search(rel):
@@ -666,11 +663,12 @@ def fetch_study(uri: str) -> AppConfig:
         remote = open_store(location)
     except ObjectStoreError as exc:
         raise ConfigError(f"resume={uri}: {exc}") from None
+    # The study is where it was found in the bucket (it may have been moved there).
+    parent, _, name = location.uri.rpartition("/")
     if not remote_study_exists(remote, location):
         # Killed at start-up before its first upload: this machine's working copy has the study.
         from tune_app.config import AppConfig, load_study_config
 
-        parent, _, name = location.uri.rpartition("/")
         default = AppConfig()
         default.tune.storage_path, default.tune.name = parent, name
         if (default.study_dir / STUDY_CONFIG).is_file():
@@ -686,8 +684,6 @@ def fetch_study(uri: str) -> AppConfig:
         with remote.open_input_stream(f"{location.path}/{STUDY_CONFIG}") as src:
             path.write_bytes(src.read())
         cfg = parse_study_config(path)
-    # The study is where it was found in the bucket (it may have been moved there).
-    parent, _, name = location.uri.rpartition("/")
     cfg.tune.storage_path, cfg.tune.name = parent, name
     local = cfg.study_dir
     if (local / STUDY_CONFIG).is_file():

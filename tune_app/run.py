@@ -18,11 +18,14 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from tune_app.errors import KNOWN_ERRORS, format_error
 from tune_app.logs import setup_logging, setup_study_logging
 from tune_app.tracking.sanitize import install_std_streams, sanitize
+
+if TYPE_CHECKING:
+    from tune_app.config import AppConfig
 
 logger = logging.getLogger("tune_app.run")
 
@@ -78,28 +81,15 @@ def _run(args: list[str]) -> int:
         apply_resume_overrides,
         check_resume_overrides,
         compose,
-        load_study_config,
     )
     from tune_app.object_store import mirrored_study
     from tune_app.study_lock import study_lock
 
     target, overrides = _resume_target(args)
-    if target is not None and _is_store_uri(target):
-        from tune_app.object_store import fetch_study
-
-        check_resume_overrides(overrides)
-        cfg = apply_resume_overrides(fetch_study(target), overrides)
-        with study_lock(cfg.study_dir), mirrored_study(cfg, say=_say):
-            return _resume(cfg)
     if target is not None:
         check_resume_overrides(overrides)
-        study_dir = Path(target).expanduser().resolve()
-        if not study_dir.is_dir():
-            raise ConfigError(f"resume={target}: no such folder. Pass the study folder "
-                              "<tune.storage_path>/<tune.name> that `python -m tune_app.run` printed")
-        cfg = load_study_config(study_dir)  # a folder that is no study gets no lock file either
-        cfg = apply_resume_overrides(cfg, overrides)
-        with study_lock(study_dir), mirrored_study(cfg, say=_say):  # the config names study_dir, wherever it was started
+        cfg = apply_resume_overrides(_resumed_config(target), overrides)
+        with study_lock(cfg.study_dir), mirrored_study(cfg, say=_say):  # the folder found, wherever it was started
             return _resume(cfg)
 
     cfg = compose(overrides)
@@ -122,14 +112,24 @@ def _run(args: list[str]) -> int:
         return _start(cfg)
 
 
-def _is_store_uri(target: str) -> bool:
-    from tune_app.config import ConfigError
-    from tune_app.object_store import ObjectStoreError, parse_store_uri
+def _resumed_config(target: str) -> AppConfig:
+    """The configuration of the study ``resume=`` names, placed where its folder is: a study
+    folder, or a bucket URI (its working copy, downloaded first when this machine has none).
+    A folder that is no study, or a bad URI, is a ``ConfigError`` before any lock file is made."""
+    from tune_app.config import ConfigError, load_study_config
+    from tune_app.object_store import ObjectStoreError, fetch_study, parse_store_uri
 
     try:
-        return parse_store_uri(target) is not None
+        in_a_store = parse_store_uri(target) is not None
     except ObjectStoreError as exc:
         raise ConfigError(f"resume={target}: {exc}") from None
+    if in_a_store:
+        return fetch_study(target)
+    study_dir = Path(target).expanduser().resolve()
+    if not study_dir.is_dir():
+        raise ConfigError(f"resume={target}: no such folder. Pass the study folder "
+                          "<tune.storage_path>/<tune.name> that `python -m tune_app.run` printed")
+    return load_study_config(study_dir)
 
 
 def _start(cfg: object) -> int:
