@@ -147,3 +147,19 @@ def test_a_local_study_gets_its_state_written_once_durably_and_staging_keeps_no_
     assert (study / "searcher-state-test.pkl").read_bytes() == b"searcher", "the previous state stays whole"
     assert json.loads((study / "experiment_state-test.json").read_text())["trial_data"][0] == list(_pair(0))
     assert not [p for p in study.iterdir() if p.name.startswith("tmp-")]
+
+
+def test_a_callback_with_before_new_trial_starts_runs_it_through_tunes_callback_list() -> None:
+    """How an object-store study's mirror hears of a new trial: through Tune's own ``CallbackList``
+    (a Ray upgrade that renames what it holds fails here, not silently in a lost machine)."""
+    from ray.tune.callback import CallbackList
+
+    calls: list[str] = []
+
+    class Hooked(tune.Callback):
+        def before_new_trial_starts(self) -> None:
+            calls.append("hooked")
+
+    controller = SimpleNamespace(_callbacks=CallbackList([tune.Callback(), Hooked(), Hooked()]))
+    state_sync.before_new_trial_starts(controller)
+    assert calls == ["hooked", "hooked"]

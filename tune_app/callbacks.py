@@ -309,23 +309,41 @@ class MirrorCallback(Callback):
     """Keeps the bucket's copy of the study in step while it runs (the last callback: after
     MLflow logged a result and retention pruned). Tune processes an epoch's result (MLflow logs
     it) before its checkpoint (retention prunes), so both events sync. A failed sync is logged
-    and retried at the next event; the local working copy holds everything meanwhile."""
+    and retried at the next event; the local working copy holds everything meanwhile.
 
-    def __init__(self, mirror: StudyMirror | None) -> None:
+    An event's sync walks the study's files but not the folders of trials that ended and were
+    synced since: its cost follows the running trials, not the study's size. At most every
+    ``full_every_s`` (and when the study ends) a sync walks everything, which also takes what
+    retention changed in ended trials to the bucket."""
+
+    def __init__(self, mirror: StudyMirror | None, full_every_s: float = 60.0) -> None:
         self.mirror = mirror
+        self.full_every_s = full_every_s
         self._failing = False
+        self._full_at = float("-inf")
+        #: folders of ended trials walked by a sync since they ended
+        self._settled: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"mirror": None, "_failing": False}  # tuner.pkl: rebuilt on restore (make_callbacks)
+        # tuner.pkl: rebuilt on restore (make_callbacks)
+        return {"mirror": None, "full_every_s": self.full_every_s, "_failing": False, "_full_at": float("-inf"),
+                "_settled": set()}
 
-    def sync(self, *, force: bool = False) -> None:
-        """Bring the bucket's copy up to date (``force``: the logs too)."""
+    def sync(self, *, force: bool = False, trials: list | None = None, trial: Any = None) -> None:
+        """Bring the bucket's copy up to date (``force``: the logs too, and every folder).
+        ``trials``: Tune's trials, to know which have ended; ``trial``: the one the event is about."""
         if self.mirror is None:
             return
         from tune_app.object_store import ObjectStoreError, first_line
 
+        ended = {folder for t in trials or () if (folder := _trial_folder(t)) and _has_ended(t)}
+        if trials is not None:
+            self._settled &= ended  # a trial that runs again (retried after an error) is walked again
+        full = force or time.monotonic() - self._full_at >= self.full_every_s
+        current = _trial_folder(trial) if trial is not None else None
+        settled = set() if full else self._settled - {current}
         try:
-            self.mirror.sync(force=force)
+            self.mirror.sync(force=force, settled=settled)
         except (OSError, ObjectStoreError) as exc:
             if not self._failing:
                 logger.warning("could not update the study's copy in %s (%s); the local copy %s has everything, "
@@ -336,21 +354,40 @@ class MirrorCallback(Callback):
         if self._failing:
             logger.warning("the study's copy in %s is up to date again", self.mirror.remote_dir)
         self._failing = False
+        if full:
+            self._full_at = time.monotonic()
+            self._settled |= ended
+        elif current is not None and current in ended:
+            self._settled.add(current)
+
+    def before_new_trial_starts(self) -> None:
+        """The bucket gets the record that names a new trial (journal or state) before the trial
+        writes anything (called by ``state_sync``; Tune has no callback for it)."""
+        self.sync()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self.sync()
+        self.sync(trials=trials, trial=trial)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-        self.sync()
+        self.sync(trials=trials, trial=trial)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.sync()
+        self.sync(trials=trials, trial=trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.sync()
+        self.sync(trials=trials, trial=trial)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.sync(force=True)
+
+
+def _trial_folder(trial: Any) -> str | None:
+    """The trial's folder name in the study (``None`` before Tune named it)."""
+    return getattr(getattr(trial, "storage", None), "trial_dir_name", None) or None
+
+
+def _has_ended(trial: Any) -> bool:
+    return getattr(trial, "status", None) in ("TERMINATED", "ERROR")
 
 
 def _running(trial: Any | None, trials: list | None) -> list[Any]:

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +46,9 @@ from tune_app.atomic_fs import (
     _AtomicWriter,
     _ResolvingHandler,
 )
+from tune_app.optuna_store import DB_FILE
 from tune_app.study import STUDY_CONFIG
+from tune_app.trial_journal import JOURNAL_FILE
 
 if TYPE_CHECKING:
     from tune_app.config import AppConfig
@@ -377,6 +379,7 @@ class StudyMirror:
     _manifests: dict[str, tuple[int, int]] = field(default_factory=dict)
     _primed: bool = False
     _logs_at: float = float("-inf")
+    _state_dirty: bool = False
 
     def _prime(self) -> None:
         """What the bucket holds already: files that match the local ones count as uploaded."""
@@ -404,12 +407,13 @@ class StudyMirror:
                            if rel in self._remote_checkpoints}
         self._primed = True
 
-    def _scan(self) -> tuple[dict[str, Path], dict[str, tuple[int, int] | None], set[str]]:
+    def _scan(self, settled: Collection[str]) -> tuple[dict[str, str], dict[str, tuple[int, int] | None], set[str]]:
         """Local files to mirror; live checkpoint folders (``trial/checkpoint_k``) with their
-        manifest's (size, mtime) (``None`` while it has none); tombstoned ones."""
+        manifest's (size, mtime) (``None`` while it has none); tombstoned ones. The top-level
+        folders named in ``settled`` are not walked."""
         from tune_app.checkpoints.store import MANIFEST_FILE, PRUNED_FILE
 
-        files: dict[str, Path] = {}
+        files: dict[str, str] = {}
         live: dict[str, tuple[int, int] | None] = {}
         dead: set[str] = set()
         for root, dirs, names in os.walk(self.local_dir):
@@ -419,35 +423,45 @@ class StudyMirror:
                 if os.path.exists(os.path.join(root, d, PRUNED_FILE)):
                     dead.add(rel_root + d)
                 else:
-                    live[rel_root + d] = _stamp(Path(root, d, MANIFEST_FILE))
-            dirs[:] = [d for d in dirs if not _is_checkpoint_dir(d)]
+                    live[rel_root + d] = _stamp(os.path.join(root, d, MANIFEST_FILE))
+            dirs[:] = [d for d in dirs if not _is_checkpoint_dir(d) and not (rel_root == "" and d in settled)]
             for name in names:
                 rel = rel_root + name
                 if not _NEVER_UPLOADED.search(rel):
-                    files[rel] = Path(root) / name
+                    files[rel] = os.path.join(root, name)
         return files, live, dead
 
-    def sync(self, *, force: bool = False) -> list[str]:
-        """Upload what changed, delete what is gone; returns the files uploaded."""
+    def sync(self, *, force: bool = False, settled: Collection[str] = ()) -> list[str]:
+        """Upload what changed, delete what is gone; returns the files uploaded.
+
+        ``settled``: top-level folders (ended trials, synced since they ended) that this sync
+        neither walks nor changes in the bucket: a walk then costs the running trials' files,
+        not the study's. What changes in them later (retention pruning an ended trial's
+        checkpoint) goes up with the next sync that walks them. ``force`` walks everything.
+        """
         if not self._primed:
             self._prime()
-        files, live, dead = self._scan()
+        settled = () if force else frozenset(settled)
+        files, live, dead = self._scan(settled)
+
+        live_kept = {f for f in self._remote_checkpoints if f.partition("/")[0] in settled} if settled else set()
+        dead_kept = {f for f in self._remote_tombstones if f.partition("/")[0] in settled} if settled else set()
         logs_due = force or time.monotonic() - self._logs_at >= self.logs_every_s
         state_before = dict(self._manifests)
         uploaded: list[str] = []
-        for rel, path in sorted(files.items()):
+        for rel, path in sorted(files.items(), key=lambda item: _upload_order(item[0])):
             if rel.startswith("logs/") and not logs_due and rel in self._seen:
                 continue  # sent before: again at the next interval
             stamp = _stamp(path)
             if stamp is None or self._seen.get(rel) == stamp:
                 continue  # unchanged, or deleted since the walk (the next sync has it)
-            put_file(self.remote, path, f"{self.remote_dir}/{rel}")
+            put_file(self.remote, Path(path), f"{self.remote_dir}/{rel}")
             self._seen[rel] = stamp
             self._remote_files.add(rel)
             uploaded.append(rel)
         if logs_due:
             self._logs_at = time.monotonic()
-        gone = sorted(self._remote_files - set(files))
+        gone = sorted(rel for rel in self._remote_files.difference(files) if rel.partition("/")[0] not in settled)
         for rel in gone:
             if not (self.local_dir / rel).exists():
                 _delete_remote(self.remote, f"{self.remote_dir}/{rel}")
@@ -460,7 +474,7 @@ class StudyMirror:
                 uploaded.append(f"{folder}/")
             if manifest is not None:
                 self._manifests[folder] = manifest
-        for folder in set(self._manifests) - set(live):
+        for folder in set(self._manifests) - set(live) - live_kept:
             del self._manifests[folder]
         # Tune uploads each live checkpoint folder when it is reported; retention's tombstones
         # and deletions follow it into the bucket.
@@ -468,12 +482,17 @@ class StudyMirror:
             with contextlib.suppress(FileNotFoundError):  # deleted meanwhile: the next sync deletes it
                 self._tombstone(folder)
                 uploaded.append(f"{folder}/PRUNED")
-        for folder in sorted((self._remote_checkpoints | self._remote_tombstones) - set(live) - dead):
+        for folder in sorted((self._remote_checkpoints | self._remote_tombstones) - set(live) - dead
+                             - live_kept - dead_kept):
             _delete_remote(self.remote, f"{self.remote_dir}/{folder}")
-        self._remote_checkpoints = set(live)
-        self._remote_tombstones = set(dead)
-        if uploaded or gone or self._manifests != state_before:
+        self._remote_checkpoints = set(live) | live_kept
+        self._remote_tombstones = dead | dead_kept
+        # The record is rewritten by the syncs that walk everything (it grows with the study):
+        # lost with a kill in between, it costs the next command the re-upload of what changed since.
+        self._state_dirty |= bool(uploaded or gone or self._manifests != state_before)
+        if self._state_dirty and not settled:
             write_mirror_state(self.local_dir, {"uploaded": self._seen, "checkpoints": self._manifests})
+            self._state_dirty = False
         return uploaded
 
     def _tombstone(self, folder: str) -> None:
@@ -503,9 +522,29 @@ class StudyMirror:
                 self.remote.delete_file(info.path)
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
+#: The study's root files that a sync uploads last, in this order (see :func:`_upload_order`).
+_RECORDS_LAST = (re.compile(r"^(searcher-state|search_gen_state)-[^/]*$"), re.compile(r"^experiment_state-[^/]*$"),
+                 re.compile(f"^{re.escape(JOURNAL_FILE)}$"), re.compile(f"^{re.escape(DB_FILE)}$"))
+
+
+def _upload_order(rel: str) -> tuple[int, str]:
+    """Where ``rel`` comes in a sync, so a kill part-way leaves the bucket as one a local kill
+    could: the trial files first (each trial is named already: its journal line went up
+    before it started), then the searcher's state, Tune's experiment state (written last
+    locally too), the trial journal (a new one holds only trials added after that state, and
+    replaces the one the state superseded), ``optuna.db`` (never ahead of the state). Files
+    deleted locally go from the bucket after every upload."""
+    if "/" in rel:
+        return 0, rel
+    for rank, pattern in enumerate(_RECORDS_LAST, start=1):
+        if pattern.match(rel):
+            return rank, rel
+    return 0, rel
+
+
+def _stamp(path: Path | str) -> tuple[int, int] | None:
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
@@ -527,10 +566,14 @@ def read_mirror_state(local_dir: Path) -> dict[str, dict[str, tuple[int, int]]]:
 
 
 def write_mirror_state(local_dir: Path, state: dict[str, dict[str, tuple[int, int]]]) -> None:
-    from tune_app.study import write_json_atomic
+    import json
 
-    write_json_atomic(local_dir / MIRROR_STATE,
-                      {section: {k: list(v) for k, v in sorted(stamps.items())} for section, stamps in state.items()})
+    from tune_app.study import write_text_atomic
+
+    # file names and stamps only (nothing to redact): one compact line, ~1 MB at 1000 trials
+    write_text_atomic(local_dir / MIRROR_STATE, json.dumps(
+        {section: {k: list(v) for k, v in stamps.items()} for section, stamps in state.items()},
+        separators=(",", ":")))
 
 
 def _is_checkpoint_dir(path: str) -> bool:

@@ -61,7 +61,8 @@ def sync_state_when_trial_added() -> None:
     anyway), then :func:`journal_new_trial` appends it to the study's trial journal (one fsynced
     line). Where it cannot (the controller has not saved its full state in this study yet, a
     remote study, a searcher that cannot adopt, a failed write), the controller's whole state
-    is synced at once and waited for. So a trial folder, checkpoint or MLflow run never exists
+    is synced at once and waited for; an object-store study then puts that record into its
+    bucket (:func:`before_new_trial_starts`). So a trial folder, checkpoint or MLflow run never exists
     unless Tune's saved state or the journal names its trial and folder, and a study with no
     saved state has run nothing (``resume=`` can then start it afresh). A Ray upgrade that
     renames either method fails ``tests/integration/test_state_sync.py``.
@@ -78,10 +79,26 @@ def sync_state_when_trial_added() -> None:
             trial.init_local_path()
             if not journal_new_trial(self, trial):
                 self.checkpoint(force=True, wait=True)
+            before_new_trial_starts(self)
         return original(self, trial, *args, **kwargs)
 
     setattr(schedule_trial_actor, _MARK, True)
     TuneController._schedule_trial_actor = schedule_trial_actor  # type: ignore[method-assign]
+
+
+def before_new_trial_starts(controller: Any) -> None:
+    """Once the journal or Tune's saved state names a new trial, and before its actor starts:
+    each of the controller's callbacks that has ``before_new_trial_starts`` runs it.
+
+    For an object-store study that is ``callbacks.MirrorCallback``, which puts the journal (or
+    the state) into the bucket, so the bucket never holds a trial folder its own state and
+    journal do not name (a machine lost right after would resume with the trial sampled again
+    beside an orphan).
+    """
+    for callback in getattr(controller._callbacks, "_callbacks", ()):
+        hook = getattr(callback, "before_new_trial_starts", None)
+        if callable(hook):
+            hook()
 
 
 #: Per controller that saved its full state into its (local) study in this process: the

@@ -196,6 +196,24 @@ def test_the_mirror_uploads_what_changed_and_drops_what_retention_deleted(s3: st
     assert again.sync() == []
 
 
+def test_a_sync_uploads_the_trials_then_the_records_that_name_them(s3: str, tmp_path: Path) -> None:
+    """A kill part-way through a sync leaves the bucket as a local kill could: trial files first,
+    then the searcher's state, Tune's experiment state, the trial journal, ``optuna.db``."""
+    remote, root = _store("order")
+    study = tmp_path / "study"
+    (study / "train_trial_a").mkdir(parents=True)
+    (study / "train_trial_a/trial_state.json").write_text("{}")
+    (study / "trial_journal.jsonl").write_text("{}\n")
+    sqlite3.connect(study / "optuna.db").close()
+    for name in ("experiment_state-2026-01-01_00-00-02.json", "search_gen_state-2026-01-01_00-00-02.json",
+                 "searcher-state-2026-01-01_00-00-02.pkl", "tuner.pkl", "study_config.yaml"):
+        (study / name).write_text("x")
+    assert StudyMirror(study, remote, root).sync() == [
+        "study_config.yaml", "train_trial_a/trial_state.json", "tuner.pkl",
+        "search_gen_state-2026-01-01_00-00-02.json", "searcher-state-2026-01-01_00-00-02.pkl",
+        "experiment_state-2026-01-01_00-00-02.json", "trial_journal.jsonl", "optuna.db"]
+
+
 def test_a_sqlite_store_is_uploaded_whole_while_it_is_written(s3: str, tmp_path: Path) -> None:
     remote, root = _store("sqlite")
     study = tmp_path / "study"
@@ -291,3 +309,53 @@ def test_a_checkpoint_rewritten_after_its_upload_is_uploaded_again(s3: str, tmp_
     download_study(remote, f"{root}/study", back)
     assert verify_checkpoint(back / "trial_a/checkpoint_000000").ok
     assert StudyMirror(back, remote, f"{root}/study").sync() == [], "the download's manifests are known"
+
+
+def test_a_sync_that_skips_settled_trials_leaves_them_as_they_are_until_a_full_one(s3: str, tmp_path: Path) -> None:
+    """An ended trial's folder is not walked at each event (the cost follows the running trials):
+    its bucket copy stays as it was (nothing deleted, nothing forgotten), and the next sync that
+    walks it takes its changes (a checkpoint retention pruned) to the bucket."""
+    remote, root = _store("settled")
+    study = tmp_path / "study"
+    folders = {}
+    for trial, k in (("trial_a", 0), ("trial_a", 1), ("trial_b", 0), ("trial_c", 0)):
+        (study / trial).mkdir(parents=True, exist_ok=True)
+        for name in ("trial_state.json", "params.json"):
+            (study / trial / name).write_text("{}")
+        ckpt = folders[f"{trial}/{k}"] = study / trial / f"checkpoint_00000{k}"
+        save_checkpoint(ckpt, model_state={"w": torch.ones(4)}, trainer_state={"epoch": k + 1}, compat={},
+                        optimizer_state={"state": {}, "param_groups": []})
+        for f in ckpt.iterdir():  # as Tune's copy would have put them
+            with remote.open_output_stream(f"{root}/{trial}/{ckpt.name}/{f.name}") as fh:
+                fh.write(f.read_bytes())
+    mirror = StudyMirror(study, remote, root)
+    mirror.sync()
+    before = _objects(remote, root)
+    (study / "trial_a/trial_state.json").write_text('{"ended": true}')
+    prune_checkpoint(folders["trial_a/0"], reason="test")
+    shutil.rmtree(folders["trial_a/1"])
+    (study / "trial_a/trial_report.json").write_text("{}")
+    (study / "trial_b/trial_state.json").write_text('{"epoch": 2}')
+    assert mirror.sync(settled={"trial_a"}) == ["trial_b/trial_state.json"]
+    after = _objects(remote, root)
+    assert {k: v for k, v in after.items() if k.startswith("trial_a/")} == \
+        {k: v for k, v in before.items() if k.startswith("trial_a/")}
+    assert mirror.sync(settled={"trial_a"}) == [], "nothing of trial_a was forgotten or deleted"
+    assert mirror.sync(settled={"trial_a"}, force=True) == [
+        "trial_a/trial_report.json", "trial_a/trial_state.json", "trial_a/checkpoint_000000/PRUNED"]
+    assert sorted(k for k in _objects(remote, root) if k.startswith("trial_a/checkpoint_")) == \
+        ["trial_a/checkpoint_000000/PRUNED"], "the tombstone and the deletion reached the bucket"
+    shutil.rmtree(folders["trial_b/0"])  # a walked folder's deletion still goes at once
+    assert mirror.sync(settled={"trial_a"}) == []
+    assert not any(k.startswith("trial_b/checkpoint_") for k in _objects(remote, root))
+    assert any(k.startswith("trial_a/checkpoint_") for k in _objects(remote, root))
+    # while settled, trial_a's tombstone is deleted and trial_c's kept best is demoted: the next
+    # full sync still knows what the bucket holds of them
+    mirror.sync(settled={"trial_a", "trial_c"})
+    shutil.rmtree(folders["trial_a/0"])
+    demote_checkpoint(folders["trial_c/0"])
+    assert mirror.sync(settled={"trial_a", "trial_c"}) == []
+    assert mirror.sync() == ["trial_c/checkpoint_000000/"]
+    objects = _objects(remote, root)
+    assert not any(k.startswith("trial_a/checkpoint_") for k in objects)
+    assert f"trial_c/checkpoint_000000/{OPTIMIZER_FILE}" not in objects

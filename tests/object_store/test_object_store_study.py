@@ -27,6 +27,7 @@ from tests.integration.study_tools import (
     tail,
     trial_dirs,
     trial_state,
+    wait_for,
 )
 from tests.object_store.conftest import BUCKET
 from tune_app.checkpoints.store import CHECKPOINT_DIR_RE, PRUNED_FILE, verify_checkpoint
@@ -127,6 +128,35 @@ def test_a_study_in_a_bucket_completes_and_resumes_on_a_machine_without_its_copy
     assert "already complete: 2/2 trials" in text
     assert {t.name: trial_state(t) for t in trial_dirs(study)} == \
         {t.name: trial_state(t) for t in trial_dirs(tmp_path / "lost-machine")}
+
+
+def test_a_machine_lost_as_a_trial_starts_resumes_that_trial_from_the_bucket(
+        s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed as the second trial starts (its folder exists, nothing reported yet), the machine
+    lost: the bucket already names that trial (Tune's state or the trial journal reached it before
+    the trial's actor started), so the resume continues it in its own folder. A trial folder the
+    bucket's state does not name would be sampled again beside it: four folders for three trials."""
+    marks = tmp_path / "marks"
+    monkeypatch.setenv("TUNE_APP_FAILPOINT_MARKS", str(marks))
+    log = tmp_path / "run.log"
+    proc = start_run(_args(tmp_path, "starts", "lost", samples=3, epochs=1), log, failpoints="trial_start=6")
+    try:
+        for nth in (1, 2):  # the first trial's start (Tune's full save), then the second's (the journal)
+            wait_for(lambda: (marks / "trial_start").exists(), 240, f"trial {nth} starts", proc, log)
+            if nth == 1:
+                (marks / "trial_start").unlink()
+        kill_group(proc)
+    finally:
+        end_group(proc, grace=5)
+    study = _working_copy(tmp_path, "starts", "lost")
+    shutil.move(study, tmp_path / "lost-machine")
+    monkeypatch.delenv("TUNE_APP_FAILPOINT_MARKS")
+    assert run(["resume=s3://studies-bucket/starts/lost"], log) == 0, tail(log)
+    trials = trial_dirs(study)
+    assert len(trials) == 3, [t.name for t in trials]
+    assert all(trial_state(t)["status"] == "completed" for t in trials)
+    started_before = {t.name for t in trial_dirs(tmp_path / "lost-machine")}
+    assert len(started_before) == 2 and started_before <= {t.name for t in trials}
 
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess[str]:
