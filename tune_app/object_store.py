@@ -444,8 +444,7 @@ class StudyMirror:
         settled = () if force else frozenset(settled)
         files, live, dead = self._scan(settled)
 
-        live_kept = {f for f in self._remote_checkpoints if f.partition("/")[0] in settled} if settled else set()
-        dead_kept = {f for f in self._remote_tombstones if f.partition("/")[0] in settled} if settled else set()
+        live_kept, dead_kept = _inside(self._remote_checkpoints, settled), _inside(self._remote_tombstones, settled)
         logs_due = force or time.monotonic() - self._logs_at >= self.logs_every_s
         state_before = dict(self._manifests)
         uploaded: list[str] = []
@@ -461,7 +460,7 @@ class StudyMirror:
             uploaded.append(rel)
         if logs_due:
             self._logs_at = time.monotonic()
-        gone = sorted(rel for rel in self._remote_files.difference(files) if rel.partition("/")[0] not in settled)
+        gone = sorted(self._remote_files.difference(files) - _inside(self._remote_files, settled))
         for rel in gone:
             if not (self.local_dir / rel).exists():
                 _delete_remote(self.remote, f"{self.remote_dir}/{rel}")
@@ -522,9 +521,10 @@ class StudyMirror:
                 self.remote.delete_file(info.path)
 
 
-#: The study's root files that a sync uploads last, in this order (see :func:`_upload_order`).
-_RECORDS_LAST = (re.compile(r"^(searcher-state|search_gen_state)-[^/]*$"), re.compile(r"^experiment_state-[^/]*$"),
-                 re.compile(f"^{re.escape(JOURNAL_FILE)}$"), re.compile(f"^{re.escape(DB_FILE)}$"))
+#: Tune's experiment state files: ``experiment_state-<timestamp>.json``.
+_STATE_PREFIX = "experiment_state-"
+#: The study's root files that a sync uploads last, in this order (name prefixes; see :func:`_upload_order`).
+_RECORDS_LAST = (("searcher-state-", "search_gen_state-"), (_STATE_PREFIX,), (JOURNAL_FILE,), (DB_FILE,))
 
 
 def _upload_order(rel: str) -> tuple[int, str]:
@@ -534,12 +534,16 @@ def _upload_order(rel: str) -> tuple[int, str]:
     locally too), the trial journal (a new one holds only trials added after that state, and
     replaces the one the state superseded), ``optuna.db`` (never ahead of the state). Files
     deleted locally go from the bucket after every upload."""
-    if "/" in rel:
-        return 0, rel
-    for rank, pattern in enumerate(_RECORDS_LAST, start=1):
-        if pattern.match(rel):
-            return rank, rel
+    if "/" not in rel:  # temps and SQLite side files are never uploaded
+        for rank, prefixes in enumerate(_RECORDS_LAST, start=1):
+            if rel.startswith(prefixes):
+                return rank, rel
     return 0, rel
+
+
+def _inside(paths: set[str], folders: Collection[str]) -> set[str]:
+    """The ``paths`` (relative to the study) under one of the top-level ``folders``."""
+    return {p for p in paths if p.partition("/")[0] in folders} if folders else set()
 
 
 def _stamp(path: Path | str) -> tuple[int, int] | None:
@@ -755,4 +759,4 @@ def _remote_names(remote: Any, path: str) -> list[str]:
 
 def _newest_state(names: Iterable[str]) -> str:
     """The newest of Tune's ``experiment_state-<timestamp>.json`` among ``names`` ('' for none)."""
-    return max((n for n in names if n.startswith("experiment_state-") and n.endswith(".json")), default="")
+    return max((n for n in names if n.startswith(_STATE_PREFIX) and n.endswith(".json")), default="")
